@@ -1,0 +1,86 @@
+"""Mapping files (TOML): any CSV onto the canonical message, call or daily columns."""
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import MappingError
+
+_SECTIONS = {"source", "constants", "columns", "values", "attributes", "campaign_by_sender"}
+
+
+@dataclass
+class Mapping:
+    path: Path
+    delimiter: str | None = None
+    format: str | None = None                      # events, calls or daily
+    constants: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, str] = field(default_factory=dict)
+    values: dict[str, dict[str, str]] = field(default_factory=dict)
+    attributes: dict[str, str] = field(default_factory=dict)   # attribute name -> source column
+    senders: dict[str, str] = field(default_factory=dict)      # sender digits/service -> campaign
+
+
+def _text(v: Any) -> str:
+    if isinstance(v, bool):
+        return "1" if v else "0"
+    return str(v)
+
+
+def load_mapping(path: str | os.PathLike) -> Mapping:
+    """Read and check a mapping file; every problem names the section and key."""
+    from .formats import CALL_FIELDS, DAILY_FIELDS, MESSAGE_FIELDS
+
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MappingError(f"mapping file {p} not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise MappingError(f"{p.name} is not valid TOML: {exc}") from None
+    unknown = set(raw) - _SECTIONS
+    if unknown:
+        raise MappingError(f"{p.name}: unknown section [{sorted(unknown)[0]}] "
+                           f"(known: {', '.join(sorted(_SECTIONS))})")
+    m = Mapping(path=p)
+    source = raw.get("source", {})
+    m.delimiter = source.get("delimiter")
+    if m.delimiter is not None and (not isinstance(m.delimiter, str) or len(m.delimiter) != 1):
+        raise MappingError(f"{p.name}: [source] delimiter must be one character")
+    m.constants = {k: _text(v) for k, v in raw.get("constants", {}).items()}
+    channel = m.constants.pop("channel", None)
+    fmt = source.get("format")
+    if fmt is None:
+        if channel in (None, "sms", "text"):
+            fmt = "events"
+        elif channel in ("call", "voice"):
+            fmt = "calls"
+        else:
+            raise MappingError(f"{p.name}: [constants] channel must be sms or call, not '{channel}'")
+    if fmt not in ("events", "calls", "daily"):
+        raise MappingError(f"{p.name}: [source] format must be events, calls or daily, not '{fmt}'")
+    m.format = fmt
+    if fmt == "daily" and channel:
+        m.constants["channel"] = channel
+    allowed = {"events": MESSAGE_FIELDS, "calls": CALL_FIELDS, "daily": DAILY_FIELDS}[fmt]
+    for section in ("constants", "columns"):
+        for k in (m.constants if section == "constants" else raw.get("columns", {})):
+            if k not in allowed:
+                raise MappingError(f"{p.name}: [{section}] '{k}' is not a canonical {fmt} field "
+                                   f"(known: {', '.join(allowed)})")
+    m.columns = {k: str(v) for k, v in raw.get("columns", {}).items()}
+    for k, table in raw.get("values", {}).items():
+        if k not in allowed:
+            raise MappingError(f"{p.name}: [values.{k}]: '{k}' is not a canonical {fmt} field")
+        if not isinstance(table, dict):
+            raise MappingError(f"{p.name}: [values.{k}] must be a table of source = canonical")
+        m.values[k] = {str(src): _text(dst) for src, dst in table.items()}
+        m.values[k].update({str(src).strip().lower(): _text(dst) for src, dst in table.items()})
+    m.attributes = {k: str(v) for k, v in raw.get("attributes", {}).items()}
+    for sender, campaign in raw.get("campaign_by_sender", {}).items():
+        digits = "".join(ch for ch in sender if ch.isdigit())
+        m.senders[sender if sender[:2].isalpha() else (digits or sender)] = str(campaign)
+    return m

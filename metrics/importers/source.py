@@ -1,0 +1,182 @@
+"""Streaming CSV input: encoding, delimiter, header checks and per-row line numbers."""
+from __future__ import annotations
+
+import codecs
+import csv
+import hashlib
+import io
+import os
+import re
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import ImportRejected, RowError
+
+MAX_FIELD = 65_536          # characters; larger values are rejected row by row
+_CHUNK = 1 << 20
+csv.field_size_limit(1 << 30)
+
+
+def normalise_header(name: str) -> str:
+    """How header names are matched: case, spaces, dashes and underscores do not matter."""
+    return re.sub(r"[\s_\-.]+", "", name.strip().lower())
+
+
+class CsvSource:
+    """One CSV file, checked up front (sha256, encoding, header) and then streamed."""
+
+    def __init__(self, path: str | os.PathLike, delimiter: str | None = None):
+        self.path = Path(path)
+        self.name = self.path.name
+        self.warnings: list[str] = []
+        if not self.path.exists():
+            raise ImportRejected("file not found", file=str(path))
+        if self.path.is_dir():
+            raise ImportRejected("is a folder, not a CSV file", file=str(path))
+        self.size = self.path.stat().st_size
+        if self.size == 0:
+            raise ImportRejected("the file is empty (0 bytes): nothing to import", file=self.name)
+        self.sha256, self.encoding = self._scan()
+        self._fh = None
+        first = self._first_line()
+        if not first.strip():
+            raise ImportRejected("the first line is blank: the file must start with a header row",
+                                 file=self.name)
+        self.delimiter = delimiter or _sniff_delimiter(first)
+        self.header = self._read_header()
+
+    def _scan(self) -> tuple[str, str]:
+        """One pass over the bytes: the sha256, and whether they are valid UTF-8."""
+        digest = hashlib.sha256()
+        utf8 = codecs.getincrementaldecoder("utf-8")()
+        is_utf8 = True
+        with open(self.path, "rb") as f:
+            head = f.read(4)
+            f.seek(0)
+            if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                for chunk in iter(lambda: f.read(_CHUNK), b""):
+                    digest.update(chunk)
+                self.warnings.append("read as UTF-16 (it has a UTF-16 byte-order mark)")
+                return digest.hexdigest(), "utf-16"
+            for chunk in iter(lambda: f.read(_CHUNK), b""):
+                digest.update(chunk)
+                if is_utf8:
+                    try:
+                        utf8.decode(chunk)
+                    except UnicodeDecodeError:
+                        is_utf8 = False
+            if is_utf8:
+                try:
+                    utf8.decode(b"", final=True)
+                except UnicodeDecodeError:
+                    is_utf8 = False
+        if is_utf8:
+            return digest.hexdigest(), ("utf-8-sig" if head.startswith(codecs.BOM_UTF8) else "utf-8")
+        self.warnings.append("not valid UTF-8: read as Windows-1252 (Latin-1); "
+                             "check accented names look right")
+        return digest.hexdigest(), "cp1252"
+
+    def _open(self) -> io.TextIOWrapper:
+        errors = "strict" if self.encoding != "cp1252" else "replace"
+        if self.encoding == "cp1252":
+            # bytes cp1252 leaves undefined (0x81, 0x8d, 0x8f, 0x90, 0x9d) read as Latin-1
+            errors = "kpibot-latin1"
+        return open(self.path, "r", encoding=self.encoding, errors=errors, newline="")
+
+    def _first_line(self) -> str:
+        with self._open() as f:
+            return f.readline(_CHUNK)
+
+    def _read_header(self) -> list[str]:
+        with self._open() as f:
+            reader = csv.reader(f, delimiter=self.delimiter)
+            header = next(reader, None)
+        if not header or not any(h.strip() for h in header):
+            raise ImportRejected("no header row", file=self.name)
+        names = [h.strip() for h in header]
+        while names and not names[-1]:   # Excel's trailing empty columns
+            names.pop()
+        for i, n in enumerate(names):
+            if not n:
+                raise ImportRejected(f"column {i + 1} of the header has no name", file=self.name)
+        seen: dict[str, str] = {}
+        for n in names:
+            key = normalise_header(n)
+            if key in seen:
+                same = "" if seen[key] == n else f" (as '{seen[key]}')"
+                raise ImportRejected(f"the header names column '{n}' twice{same}; "
+                                     "rename one of them", file=self.name)
+            seen[key] = n
+        return names
+
+    def rows(self) -> Iterator[tuple[int, list[str]]]:
+        """Yield (line number where the record starts, fields) for each data row.
+
+        Rows with the wrong number of fields or an oversized value are yielded as a
+        :class:`RowError` in place of the fields."""
+        width = len(self.header)
+        with self._open() as f:
+            self._fh = f
+            reader = csv.reader(f, delimiter=self.delimiter, strict=False)
+            next(reader)
+            last = reader.line_num
+            try:
+                for fields in reader:
+                    line = last + 1
+                    last = reader.line_num
+                    n = len(fields)
+                    if n != width:
+                        if n == 0 or (n == 1 and not fields[0].strip()):
+                            continue  # blank line
+                        if n > width and not any(x.strip() for x in fields[width:]):
+                            fields = fields[:width]
+                        else:
+                            yield line, RowError(line, None, f"has {n} fields but the header has "
+                                                             f"{width}")  # type: ignore[misc]
+                            continue
+                    if max(map(len, fields)) > MAX_FIELD:
+                        big = next(i for i, x in enumerate(fields) if len(x) > MAX_FIELD)
+                        yield line, RowError(line, self.header[big],
+                                             f"value is {len(fields[big]):,} characters long; "
+                                             f"the limit is {MAX_FIELD:,}")  # type: ignore[misc]
+                        continue
+                    yield line, fields
+            except csv.Error as exc:
+                raise ImportRejected(f"line {reader.line_num}: the CSV is malformed ({exc})",
+                                     file=self.name) from None
+            finally:
+                self._fh = None
+
+    def bytes_read(self) -> int:
+        """How far the reader has got, for progress bars."""
+        fh = self._fh
+        if fh is None:
+            return self.size
+        try:
+            return fh.buffer.tell()
+        except (OSError, ValueError):
+            return 0
+
+
+def _sniff_delimiter(line: str) -> str:
+    counts = {d: _count_outside_quotes(line, d) for d in (",", ";", "\t", "|")}
+    best = max(counts, key=counts.get)
+    return best if counts[best] > 0 else ","
+
+
+def _count_outside_quotes(line: str, ch: str) -> int:
+    n, quoted = 0, False
+    for c in line:
+        if c == '"':
+            quoted = not quoted
+        elif c == ch and not quoted:
+            n += 1
+    return n
+
+
+def _latin1_fallback(err: UnicodeDecodeError) -> tuple[str, int]:
+    bad = err.object[err.start:err.end]
+    return bytes(bad).decode("latin-1"), err.end
+
+
+codecs.register_error("kpibot-latin1", _latin1_fallback)

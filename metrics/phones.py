@@ -1,0 +1,163 @@
+"""Phone numbers: parse with libphonenumber's rules, keep only a keyed hash and the country.
+
+The raw number is never stored, logged or returned. ``phonenumbers.is_valid_number`` costs
+about 40 microseconds, mostly in re-matching up to twelve type patterns one by one; for
+numbers already in E.164 form we apply the same metadata and the same rules (region by
+leading digits, then validity by type patterns filtered by length), precompiled per region
+and length into one pattern, which gives identical answers (tests compare the two) at a
+small fraction of the cost. Anything else goes through ``phonenumbers.parse``.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+import phonenumbers
+from phonenumbers import NumberParseException, PhoneMetadata, PhoneNumber
+from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, REGION_CODE_FOR_NON_GEO_ENTITY
+
+_STRIP = re.compile(r"[\s\-().\u00a0/]")
+_SCHEME = re.compile(r"^[a-z]+:", re.I)   # whatsapp:+1..., tel:+1..., sms:...
+_CACHE_LIMIT = 200_000
+
+
+class BadPhoneNumber(ValueError):
+    """Not a phone number at all (unparseable)."""
+
+
+@dataclass(frozen=True)
+class Phone:
+    hash: str          # keyed BLAKE2b of the E.164 form, hex
+    country: str | None  # ISO 3166 alpha-2, e.g. US, GB
+    valid: bool        # a valid number for that country
+
+
+class PhoneHasher:
+    """Turns raw numbers into :class:`Phone`; caches are bounded so memory stays flat."""
+
+    def __init__(self, key: bytes, default_region: str = "US"):
+        self._key = hashlib.blake2b(key, digest_size=32).digest()  # blake2b keys are <= 64 bytes
+        self.default_region = default_region
+        self._raw_cache: dict[str, Phone] = {}
+        self.invalid = 0
+
+    def hash_e164(self, e164: str) -> str:
+        return hashlib.blake2b(e164.encode(), key=self._key, digest_size=16).hexdigest()
+
+    def __call__(self, raw: str) -> Phone:
+        """Parse ``raw`` (E.164 or national in the default region); raises BadPhoneNumber."""
+        hit = self._raw_cache.get(raw)
+        if hit is not None:
+            if not hit.valid:
+                self.invalid += 1
+            return hit
+        phone = self._parse(raw)
+        if len(self._raw_cache) >= _CACHE_LIMIT:
+            self._raw_cache.clear()
+        self._raw_cache[raw] = phone
+        if not phone.valid:
+            self.invalid += 1
+        return phone
+
+    def _parse(self, raw: str) -> Phone:
+        s = _STRIP.sub("", _SCHEME.sub("", raw.strip()))
+        if s.startswith("00"):
+            s = "+" + s[2:]
+        if s.startswith("+") and s[1:].isdigit() and 8 <= len(s) <= 16:
+            digits = s[1:]
+            for k in (1, 2, 3):
+                cc = int(digits[:k])
+                if cc in COUNTRY_CODE_TO_REGION_CODE:
+                    break
+            else:
+                raise BadPhoneNumber(f"no country has calling code +{digits[:3]}")
+            national = digits[k:]
+            if not national.startswith("0"):   # a leading zero (Italy) takes the full parse
+                region, valid = region_and_validity(cc, national)
+                return Phone(self.hash_e164(s), region, valid)
+        try:
+            number = phonenumbers.parse(s, self.default_region)
+        except NumberParseException as exc:
+            raise BadPhoneNumber(f"not a phone number ({exc._msg.rstrip('.')})") from None
+        e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+        valid = phonenumbers.is_valid_number(number)
+        region = phonenumbers.region_code_for_number(number) if valid else None
+        return Phone(self.hash_e164(e164), _fallback_region(number.country_code, region), valid)
+
+
+def _fallback_region(cc: int, region: str | None) -> str | None:
+    """The country to report: the number's region, else its calling code's main country."""
+    if region is None:
+        region = phonenumbers.region_code_for_country_code(cc)
+    return None if region in ("ZZ", REGION_CODE_FOR_NON_GEO_ENTITY) else region
+
+
+class _RegionRules:
+    """libphonenumber's validity rules for one region, precompiled per number length."""
+
+    _TYPES = ("premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager",
+              "uan", "voicemail", "fixed_line", "mobile")
+
+    def __init__(self, meta):
+        g = meta.general_desc
+        self.general_lengths = set(g.possible_length or ())
+        self.general = re.compile(g.national_number_pattern) if g.national_number_pattern else None
+        self.leading = re.compile(meta.leading_digits) if meta.leading_digits else None
+        self.types = []
+        for name in self._TYPES:
+            d = getattr(meta, name)
+            if d is not None and d.national_number_pattern:
+                self.types.append((set(d.possible_length or ()), d.national_number_pattern))
+        self._by_length: dict[int, re.Pattern | None] = {}
+
+    def valid(self, national: str) -> bool:
+        n = len(national)
+        if self.general is None or (self.general_lengths and n not in self.general_lengths):
+            return False
+        if not self.general.fullmatch(national):
+            return False
+        pat = self._by_length.get(n, False)
+        if pat is False:
+            alts = [p for lengths, p in self.types if not lengths or n in lengths]
+            pat = re.compile("|".join(f"(?:{p})" for p in alts)) if alts else None
+            self._by_length[n] = pat
+        return pat is not None and pat.fullmatch(national) is not None
+
+
+_RULES: dict[str, _RegionRules | None] = {}
+
+
+def _rules(region: str, cc: int) -> _RegionRules | None:
+    key = region if region != REGION_CODE_FOR_NON_GEO_ENTITY else f"001:{cc}"
+    if key not in _RULES:
+        meta = (PhoneMetadata.metadata_for_nongeo_region(cc) if region == REGION_CODE_FOR_NON_GEO_ENTITY
+                else PhoneMetadata.metadata_for_region(region))
+        _RULES[key] = _RegionRules(meta) if meta is not None else None
+    return _RULES[key]
+
+
+def region_and_validity(cc: int, national: str) -> tuple[str | None, bool]:
+    """What ``region_code_for_number`` and ``is_valid_number`` answer for +cc national,
+    with the same metadata and order of checks."""
+    regions = COUNTRY_CODE_TO_REGION_CODE.get(cc, ())
+    region = None
+    if len(regions) == 1:
+        region = regions[0]
+    else:
+        for r in regions:
+            rules = _rules(r, cc)
+            if rules is None:
+                continue
+            if rules.leading is not None:
+                if rules.leading.match(national):
+                    region = r
+                    break
+            elif rules.valid(national):
+                region = r
+                break
+    if region is None:
+        return _fallback_region(cc, None), False
+    rules = _rules(region, cc)
+    valid = rules is not None and rules.valid(national)
+    return _fallback_region(cc, region if valid else None), valid

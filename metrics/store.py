@@ -1,0 +1,284 @@
+"""The SQLite store: the one owner of the schema, its migrations, connections and settings.
+
+Every thread opens its own ``Store``; the database runs in WAL mode with foreign keys on,
+and every write goes through :meth:`Store.transaction`.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import secrets
+import sqlite3
+import unicodedata
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlite_utils
+from sqlite_utils.migrations import Migrations
+
+from .errors import HashKeyMismatch
+
+DEFAULT_DB = "kpibot.db"
+HASH_KEY_ENV = "KPIBOT_HASH_KEY"
+HASH_KEY_FILE = ".kpibot-hash-key"
+
+migrations = Migrations("kpibot")
+
+
+@migrations()
+def m001_core(db: sqlite_utils.Database) -> None:
+    db.executescript(
+        """
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE campaigns (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            name_key TEXT NOT NULL UNIQUE,      -- casefolded, NFKC: how names are matched
+            channel TEXT,                       -- sms, call or mixed
+            goal TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE imports (
+            id INTEGER PRIMARY KEY,
+            file TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size_bytes INTEGER NOT NULL,
+            format TEXT NOT NULL,
+            encoding TEXT NOT NULL,
+            started_at TEXT NOT NULL,
+            finished_at TEXT,
+            rows_in INTEGER NOT NULL DEFAULT 0,
+            rows_new INTEGER NOT NULL DEFAULT 0,
+            rows_rejected INTEGER NOT NULL DEFAULT 0,
+            imported_by TEXT
+        );
+        CREATE INDEX imports_sha256 ON imports(sha256);
+        CREATE TABLE import_rejects (
+            import_id INTEGER NOT NULL REFERENCES imports(id),
+            line INTEGER NOT NULL,
+            "column" TEXT,
+            reason TEXT NOT NULL
+        );
+        CREATE INDEX import_rejects_import ON import_rejects(import_id);
+
+        -- One row per SMS, outbound or inbound. Times are UTC unix seconds.
+        -- Money is in micro-units of its currency so that sums are exact.
+        -- recipient is a keyed hash of the E.164 number (never the number itself).
+        CREATE TABLE messages (
+            id INTEGER PRIMARY KEY,
+            message_key TEXT NOT NULL UNIQUE,   -- provider id, or a content key when absent
+            campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+            sent_at INTEGER NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('outbound', 'inbound')),
+            status TEXT NOT NULL,
+            error_code TEXT,
+            recipient TEXT,
+            country TEXT,
+            segments INTEGER,
+            cost_micros INTEGER,
+            currency TEXT,
+            clicked INTEGER NOT NULL DEFAULT 0,
+            converted INTEGER NOT NULL DEFAULT 0,
+            revenue_micros INTEGER,
+            opted_out INTEGER NOT NULL DEFAULT 0,
+            replied INTEGER NOT NULL DEFAULT 0,
+            spam_complaint INTEGER NOT NULL DEFAULT 0,
+            keyword TEXT,                       -- inbound: opt_out, opt_in, help or NULL
+            reply_to INTEGER REFERENCES messages(id),
+            segment TEXT,
+            variant TEXT,
+            attrs TEXT,                         -- JSON object of unmapped columns
+            import_id INTEGER REFERENCES imports(id)
+        );
+        CREATE INDEX messages_campaign_time ON messages(campaign_id, sent_at);
+        CREATE INDEX messages_reply_to ON messages(reply_to) WHERE reply_to IS NOT NULL;
+        CREATE INDEX messages_unattributed ON messages(sent_at)
+            WHERE direction = 'inbound' AND reply_to IS NULL;
+
+        -- One row per call.
+        CREATE TABLE calls (
+            id INTEGER PRIMARY KEY,
+            call_key TEXT NOT NULL UNIQUE,
+            campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+            started_at INTEGER NOT NULL,
+            direction TEXT NOT NULL CHECK (direction IN ('outbound', 'inbound')),
+            status TEXT NOT NULL,
+            answered_by TEXT,
+            duration_s REAL,
+            disposition TEXT,
+            abandoned INTEGER NOT NULL DEFAULT 0,
+            converted INTEGER NOT NULL DEFAULT 0,
+            revenue_micros INTEGER,
+            cost_micros INTEGER,
+            currency TEXT,
+            agent TEXT,
+            recipient TEXT,
+            country TEXT,
+            segment TEXT,
+            variant TEXT,
+            attrs TEXT,
+            import_id INTEGER REFERENCES imports(id)
+        );
+        CREATE INDEX calls_campaign_time ON calls(campaign_id, started_at);
+
+        -- Platforms that export only totals: one row per campaign, day and channel.
+        CREATE TABLE daily (
+            campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+            date TEXT NOT NULL,
+            channel TEXT NOT NULL CHECK (channel IN ('sms', 'call')),
+            sent INTEGER, delivered INTEGER, failed INTEGER, clicks INTEGER,
+            conversions INTEGER, opt_outs INTEGER, replies INTEGER, complaints INTEGER,
+            cost_micros INTEGER, revenue_micros INTEGER, new_subscribers INTEGER,
+            list_size INTEGER, calls_dialed INTEGER, calls_answered INTEGER,
+            calls_abandoned INTEGER, talk_seconds REAL,
+            import_id INTEGER REFERENCES imports(id),
+            PRIMARY KEY (campaign_id, date, channel)
+        );
+
+        -- Which unmapped columns (attributes) each campaign has, for `by <attribute>`.
+        CREATE TABLE attribute_names (
+            campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+            kind TEXT NOT NULL CHECK (kind IN ('message', 'call')),
+            name TEXT NOT NULL,
+            PRIMARY KEY (campaign_id, kind, name)
+        );
+        """
+    )
+
+
+def name_key(name: str) -> str:
+    """How campaign names are compared: Unicode-normalised and case-folded."""
+    return unicodedata.normalize("NFKC", name).casefold().strip()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def iso(ts: dt.datetime) -> str:
+    return ts.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class Store:
+    """One connection to the KPI database. Open one per thread."""
+
+    def __init__(self, path: str | os.PathLike = DEFAULT_DB, *, migrate: bool = True):
+        self.path = Path(path)
+        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+        self.db = sqlite_utils.Database(conn)
+        self.conn = conn
+        if str(path) != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=30000")
+        if migrate:
+            migrations.apply(self.db)
+        self._hash_key: bytes | None = None
+
+    @classmethod
+    def open(cls, path: str | os.PathLike | None = None) -> "Store":
+        """Open the database named by ``path``, ``$KPIBOT_DB`` or ``./kpibot.db``."""
+        return cls(path or os.environ.get("KPIBOT_DB") or DEFAULT_DB)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE): all of it lands, or none of it."""
+        if self.conn.in_transaction:
+            raise RuntimeError("nested transaction")
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.rollback()
+            raise
+        else:
+            self.conn.commit()
+
+    # -- settings -----------------------------------------------------------------
+    def get_setting(self, key: str, default: str | None = None) -> str | None:
+        row = self.conn.execute("SELECT value FROM settings WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_setting(self, key: str, value: str, conn: sqlite3.Connection | None = None) -> None:
+        sql = ("INSERT INTO settings(key, value) VALUES (?, ?) "
+               "ON CONFLICT(key) DO UPDATE SET value = excluded.value")
+        if conn is not None:
+            conn.execute(sql, (key, value))
+        else:
+            with self.transaction() as c:
+                c.execute(sql, (key, value))
+
+    def timezone(self) -> str:
+        """The team's IANA time zone: ``$KPIBOT_TZ``, then the stored setting, then UTC."""
+        return os.environ.get("KPIBOT_TZ") or self.get_setting("timezone") or "UTC"
+
+    # -- the phone-number hash key ----------------------------------------------------
+    def hash_key(self) -> bytes:
+        """The secret key for recipient hashes: ``$KPIBOT_HASH_KEY`` or a 0600 file beside
+        the database, generated once. Refuses a key that differs from the one the stored
+        hashes were made with, since reach and attribution would silently break."""
+        if self._hash_key is not None:
+            return self._hash_key
+        env = os.environ.get(HASH_KEY_ENV)
+        if env:
+            key = env.encode()
+        else:
+            key_path = self.key_path()
+            try:
+                key = key_path.read_bytes().strip()
+            except FileNotFoundError:
+                key = secrets.token_hex(32).encode()
+                fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(key + b"\n")
+        fingerprint = hashlib.sha256(b"kpibot-key-fingerprint:" + key).hexdigest()[:16]
+        stored = self.get_setting("hash_key_fingerprint")
+        if stored is None:
+            self.set_setting("hash_key_fingerprint", fingerprint)
+        elif stored != fingerprint:
+            raise HashKeyMismatch(
+                "The phone-number hash key is not the one this database was built with "
+                f"(set {HASH_KEY_ENV} to the original key, or restore {self.key_path()})."
+            )
+        self._hash_key = key
+        return key
+
+    def key_path(self) -> Path:
+        if str(self.path) == ":memory:":
+            return Path(HASH_KEY_FILE).resolve()
+        return self.path.resolve().parent / HASH_KEY_FILE
+
+    # -- campaigns ----------------------------------------------------------------------
+    def campaign_id(self, conn: sqlite3.Connection, name: str, channel: str | None) -> int:
+        """The id of campaign ``name`` (matched case-insensitively), creating it if new."""
+        key = name_key(name)
+        row = conn.execute("SELECT id, channel FROM campaigns WHERE name_key = ?", (key,)).fetchone()
+        if row:
+            cid, existing = row
+            if channel and existing != channel and existing != "mixed":
+                conn.execute("UPDATE campaigns SET channel = ? WHERE id = ?",
+                             (channel if existing is None else "mixed", cid))
+            return cid
+        cur = conn.execute(
+            "INSERT INTO campaigns(name, name_key, channel, created_at) VALUES (?, ?, ?, ?)",
+            (name.strip(), key, channel, iso(utcnow())),
+        )
+        return cur.lastrowid
+
+    def campaigns(self) -> list[dict[str, Any]]:
+        return [dict(r) for r in self.db.query("SELECT * FROM campaigns ORDER BY name_key")]
