@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneMetadata, PhoneNumber
@@ -19,18 +19,21 @@ from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, REGION_COD
 
 _STRIP = re.compile(r"[\s\-().\u00a0/]")
 _SCHEME = re.compile(r"^[a-z]+:", re.I)   # whatsapp:+1..., tel:+1..., sms:...
-_CACHE_LIMIT = 200_000
+_CACHE_LIMIT = 300_000   # about 70 MB: a campaign's whole audience, typically
 
 
 class BadPhoneNumber(ValueError):
     """Not a phone number at all (unparseable)."""
 
 
-@dataclass(frozen=True)
-class Phone:
-    hash: str          # keyed BLAKE2b of the E.164 form, hex
+class Phone(NamedTuple):
+    hash: bytes        # keyed BLAKE2b (16 bytes) of the E.164 form
     country: str | None  # ISO 3166 alpha-2, e.g. US, GB
     valid: bool        # a valid number for that country
+
+
+# Calling codes by their digits, for splitting "+<cc><national>" without int() per try.
+_CALLING_CODES = {str(cc): cc for cc in COUNTRY_CODE_TO_REGION_CODE}
 
 
 class PhoneHasher:
@@ -42,16 +45,19 @@ class PhoneHasher:
         self._raw_cache: dict[str, Phone] = {}
         self.invalid = 0
 
-    def hash_e164(self, e164: str) -> str:
-        return hashlib.blake2b(e164.encode(), key=self._key, digest_size=16).hexdigest()
+    def hash_e164(self, e164: str) -> bytes:
+        return hashlib.blake2b(e164.encode(), key=self._key, digest_size=16).digest()
 
-    def __call__(self, raw: str) -> Phone:
-        """Parse ``raw`` (E.164 or national in the default region); raises BadPhoneNumber."""
+    def __call__(self, raw: str) -> Phone | None:
+        """Parse ``raw`` (E.164 or national in the default region); None when blank;
+        raises BadPhoneNumber when it is not a phone number."""
         hit = self._raw_cache.get(raw)
         if hit is not None:
             if not hit.valid:
                 self.invalid += 1
             return hit
+        if not raw.strip():
+            return None
         phone = self._parse(raw)
         if len(self._raw_cache) >= _CACHE_LIMIT:
             self._raw_cache.clear()
@@ -61,18 +67,20 @@ class PhoneHasher:
         return phone
 
     def _parse(self, raw: str) -> Phone:
-        s = _STRIP.sub("", _SCHEME.sub("", raw.strip()))
-        if s.startswith("00"):
-            s = "+" + s[2:]
-        if s.startswith("+") and s[1:].isdigit() and 8 <= len(s) <= 16:
+        digits = raw[1:]
+        if raw[:1] == "+" and digits.isdigit():    # already clean E.164: the common case
+            s = raw
+        else:
+            s = _STRIP.sub("", _SCHEME.sub("", raw.strip()))
+            if s.startswith("00"):
+                s = "+" + s[2:]
             digits = s[1:]
-            for k in (1, 2, 3):
-                cc = int(digits[:k])
-                if cc in COUNTRY_CODE_TO_REGION_CODE:
-                    break
-            else:
+        if s[:1] == "+" and digits.isdigit() and 8 <= len(s) <= 16 and digits.isascii():
+            codes = _CALLING_CODES
+            cc = codes.get(digits[:1]) or codes.get(digits[:2]) or codes.get(digits[:3])
+            if cc is None:
                 raise BadPhoneNumber(f"no country has calling code +{digits[:3]}")
-            national = digits[k:]
+            national = digits[len(str(cc)):]
             if not national.startswith("0"):   # a leading zero (Italy) takes the full parse
                 region, valid = region_and_validity(cc, national)
                 return Phone(self.hash_e164(s), region, valid)

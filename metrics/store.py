@@ -11,7 +11,6 @@ import hashlib
 import os
 import secrets
 import sqlite3
-import unicodedata
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -19,6 +18,7 @@ import sqlite_utils
 from sqlite_utils.migrations import Migrations
 
 from .errors import HashKeyMismatch
+from .names import merged_channel, name_key
 
 DEFAULT_DB = "kpibot.db"
 HASH_KEY_ENV = "KPIBOT_HASH_KEY"
@@ -68,7 +68,7 @@ def m001_core(db: sqlite_utils.Database) -> None:
 
         -- One row per SMS, outbound or inbound. Times are UTC unix seconds.
         -- Money is in micro-units of its currency so that sums are exact.
-        -- recipient is a keyed hash of the E.164 number (never the number itself).
+        -- recipient is a keyed 16-byte hash of the E.164 number (never the number itself).
         CREATE TABLE messages (
             id INTEGER PRIMARY KEY,
             message_key TEXT NOT NULL UNIQUE,   -- provider id, or a content key when absent
@@ -77,7 +77,7 @@ def m001_core(db: sqlite_utils.Database) -> None:
             direction TEXT NOT NULL CHECK (direction IN ('outbound', 'inbound')),
             status TEXT NOT NULL,
             error_code TEXT,
-            recipient TEXT,
+            recipient BLOB,
             country TEXT,
             segments INTEGER,
             cost_micros INTEGER,
@@ -117,7 +117,7 @@ def m001_core(db: sqlite_utils.Database) -> None:
             cost_micros INTEGER,
             currency TEXT,
             agent TEXT,
-            recipient TEXT,
+            recipient BLOB,
             country TEXT,
             segment TEXT,
             variant TEXT,
@@ -149,11 +149,6 @@ def m001_core(db: sqlite_utils.Database) -> None:
         );
         """
     )
-
-
-def name_key(name: str) -> str:
-    """How campaign names are compared: Unicode-normalised and case-folded."""
-    return unicodedata.normalize("NFKC", name).casefold().strip()
 
 
 def utcnow() -> dt.datetime:
@@ -268,17 +263,29 @@ class Store:
         """The id of campaign ``name`` (matched case-insensitively), creating it if new."""
         key = name_key(name)
         row = conn.execute("SELECT id, channel FROM campaigns WHERE name_key = ?", (key,)).fetchone()
-        if row:
-            cid, existing = row
-            if channel and existing != channel and existing != "mixed":
-                conn.execute("UPDATE campaigns SET channel = ? WHERE id = ?",
-                             (channel if existing is None else "mixed", cid))
+        if row is None:
+            return self.put_campaign(conn, None, name, channel)
+        cid, existing = row
+        merged = merged_channel(existing, channel)
+        if merged != existing:
+            self.put_campaign(conn, cid, name, merged, new=False)
+        return cid
+
+    def put_campaign(self, conn: sqlite3.Connection, cid: int | None, name: str,
+                     channel: str | None, new: bool = True) -> int:
+        """Create campaign ``name`` (with id ``cid`` when given), or set its channel."""
+        if not new:
+            conn.execute("UPDATE campaigns SET channel = ? WHERE id = ?", (channel, cid))
             return cid
         cur = conn.execute(
-            "INSERT INTO campaigns(name, name_key, channel, created_at) VALUES (?, ?, ?, ?)",
-            (name.strip(), key, channel, iso(utcnow())),
+            "INSERT INTO campaigns(id, name, name_key, channel, created_at) VALUES (?, ?, ?, ?, ?)",
+            (cid, name.strip(), name_key(name), channel, iso(utcnow())),
         )
         return cur.lastrowid
+
+    def campaign_channels(self, conn: sqlite3.Connection) -> dict[str, tuple[int, str | None]]:
+        """Every campaign's name key -> (id, channel)."""
+        return {k: (i, c) for i, k, c in conn.execute("SELECT id, name_key, channel FROM campaigns")}
 
     def campaigns(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.query("SELECT * FROM campaigns ORDER BY name_key")]

@@ -41,7 +41,7 @@ def parse_time(text: str, tz: dt.tzinfo = _UTC) -> int:
         d = _parse_other(s)
     if d.tzinfo is None:
         d = d.replace(tzinfo=tz)
-    return int((d - _EPOCH).total_seconds() // 1)
+    return int(d.timestamp() // 1)
 
 
 def _parse_other(s: str) -> dt.datetime:

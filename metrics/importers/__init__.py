@@ -1,7 +1,24 @@
-"""Importers: provider exports and mapped CSVs into the store, streaming and idempotent."""
-from .formats import FORMATS, detect
-from .mapping import Mapping, load_mapping
-from .run import FORMAT_NAMES, ImportResult, attribute_replies, import_file
+"""Importers: provider exports and mapped CSVs into the store, streaming and idempotent.
 
-__all__ = ["FORMATS", "FORMAT_NAMES", "ImportResult", "Mapping", "attribute_replies", "detect",
-           "import_file", "load_mapping"]
+Names are loaded on first use, so that the parser process (which imports
+``metrics.importers.parse``) does not pay for the store's imports.
+"""
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "FORMATS": "formats", "detect": "formats",
+    "Mapping": "mapping", "load_mapping": "mapping",
+    "FORMAT_NAMES": "run", "ImportResult": "run", "attribute_replies": "run",
+    "import_file": "run",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)

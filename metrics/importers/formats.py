@@ -7,7 +7,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Callable
+from typing import Any, Callable
 
 from ..phones import BadPhoneNumber, PhoneHasher
 from ..times import parse_time
@@ -198,7 +198,7 @@ def bind(fmt: Format, header: list[str], ctx: Context, mapping: Mapping | None =
     vmaps = {canon: (labels.get(canon, canon), m) for canon, m in (mapping.values.items() if mapping else [])
              if canon in index}
     builder = {"message": _message_builder, "call": _call_builder, "daily": _daily_builder}[fmt.kind]
-    build = builder(fmt, ctx, index, consts, labels, vmaps, extras)
+    build = builder(fmt, ctx, _Fields(index, consts, vmaps, labels), extras)
     return Plan(fmt.name, fmt.kind, build, labels, [e for e, _ in extras], ignored)
 
 
@@ -212,30 +212,67 @@ def _find(header: list[str], col: str) -> int | None:
     return None
 
 
-def _reader(index: dict[str, int], consts: dict[str, str],
-            vmaps: dict[str, tuple[str, dict[str, str]]]) -> Callable[[list[str]], dict[str, str]]:
-    names = list(index)
-    get = itemgetter(*index.values()) if len(names) > 1 else (lambda f, i=index[names[0]]: (f[i],))
+class Memo(dict):
+    """``memo[raw]`` is ``fn(raw)``, computed once per distinct raw value: most columns
+    (statuses, flags, currencies, prices, segments) hold a handful of distinct values, and
+    a dict hit costs far less than parsing. Bounded: past ``limit`` values it stops
+    remembering new ones, so memory stays flat. Errors are never remembered."""
 
-    def read(fields: list[str]) -> dict[str, str]:
-        v = dict(zip(names, get(fields)))
-        if consts:
-            for k, c in consts.items():   # a constant fills a missing column or an empty value
-                if not v.get(k, "").strip():
-                    v[k] = c
-        for canon, (label, m) in vmaps.items():
-            raw = v.get(canon, "")
-            hit = m.get(raw)
+    __slots__ = ("fn", "limit")
+
+    def __init__(self, fn: Callable[[str], Any], limit: int = 20_000):
+        super().__init__()
+        self.fn, self.limit = fn, limit
+
+    def __missing__(self, raw: str) -> Any:
+        value = self.fn(raw)
+        if len(self) < self.limit:
+            self[raw] = value
+        return value
+
+
+class _Fields:
+    """How to read each canonical field from a CSV row: the column's value, a mapping's
+    constant where the column is missing or empty, translated through the mapping's
+    value table. The plain case (a column, no constant, no table) is an itemgetter."""
+
+    def __init__(self, index: dict[str, int], consts: dict[str, str],
+                 vmaps: dict[str, tuple[str, dict[str, str]]], labels: dict[str, str]):
+        self.index, self.consts, self.vmaps, self.labels = index, consts, vmaps, labels
+
+    def has(self, name: str) -> bool:
+        return name in self.index or name in self.consts
+
+    def get(self, name: str) -> Callable[[list[str]], str]:
+        i = self.index.get(name)
+        const = self.consts.get(name)
+        if i is None:
+            value = const or ""
+            return lambda f: value
+        vmap = self.vmaps.get(name)
+        if const is None and vmap is None:
+            return itemgetter(i)
+        label, table = vmap if vmap else (None, None)
+
+        def read(f: list[str]) -> str:
+            raw = f[i]
+            if not raw.strip():
+                if const is not None:
+                    return const
+                if table is None:
+                    return raw
+            if table is None:
+                return raw
+            hit = table.get(raw)
             if hit is None:
-                hit = m.get(raw.strip().lower())
+                hit = table.get(raw.strip().lower())
             if hit is None:
-                known = ", ".join(sorted(m)[:8])
-                raise RowProblem(label, f"value '{raw[:30]}' has no mapping in [values.{canon}] "
+                known = ", ".join(sorted(table)[:8])
+                raise RowProblem(label, f"value '{raw[:30]}' has no mapping in [values.{name}] "
                                         f"(mapped: {known})")
-            v[canon] = hit
-        return v
+            return hit
 
-    return read
+        return read
 
 
 def _attrs(extras: list[tuple[str, int]], fields: list[str]) -> str | None:
@@ -245,137 +282,170 @@ def _attrs(extras: list[tuple[str, int]], fields: list[str]) -> str | None:
     return json.dumps(d, ensure_ascii=False, separators=(",", ":")) if d else None
 
 
-def _money(v: dict[str, str], name: str, absolute: bool = False) -> int | None:
-    s = v.get(name)
-    return V.money_micros(s, absolute=absolute) if s else None
+def _nonempty_name(raw: str) -> str:
+    name = raw.strip()
+    if not name:
+        raise V.BadValue("campaign is empty")
+    return name
 
 
-def _message_builder(fmt, ctx: Context, index, consts, labels, vmaps, extras):
-    read = _reader(index, consts, vmaps)
-    tz, phones, twilio = ctx.tz, ctx.phones, fmt.twilio
-    campaign_id, senders, attributes = ctx.campaign_id, ctx.senders, ctx.attributes
+def _message_builder(fmt, ctx: Context, cols: _Fields, extras):
+    tz, phones, twilio, labels = ctx.tz, ctx.phones, fmt.twilio, cols.labels
+    senders, attributes = ctx.senders, ctx.attributes
     extra_names = [n for n, _ in extras]
     import_id = ctx.import_id
+    G = cols.get
+    g_dir, g_campaign, g_rcpt = G("direction"), G("campaign"), G("recipient")
+    g_from, g_to, g_service = G("from"), G("to"), G("service")
+    g_id, g_time, g_status, g_err, g_body = (G("message_id"), G("sent_at"), G("status"),
+                                             G("error_code"), G("body"))
+    g_cost, g_cur, g_segments, g_revenue = G("cost"), G("currency"), G("segments"), G("revenue")
+    g_clicked, g_converted, g_opted, g_replied, g_spam = (
+        G("clicked"), G("converted"), G("opted_out"), G("replied"), G("spam_complaint"))
+    g_segment, g_variant = G("segment"), G("variant")
+    m_dir, m_status, m_count, m_flag, m_text = (Memo(V.direction), Memo(V.sms_status),
+                                                Memo(V.count), Memo(V.flag), Memo(V.text))
+    m_cost = Memo(lambda s: V.money_micros(s, absolute=twilio) if s else None)
+    m_money = Memo(lambda s: V.money_micros(s) if s else None)
+    m_campaign = Memo(lambda s: ctx.campaign_id(_nonempty_name(s), "sms"))
+    m_sender = Memo(lambda s: senders.get(_digits(s)))
+    content_key = ctx.content_key
 
     def build(fields: list[str]) -> tuple:
-        v = read(fields)
         col = "direction"
         try:
-            direction = V.direction(v.get("direction", ""))
+            direction = m_dir[g_dir(fields)]
             if twilio:
-                col = "to" if direction == "outbound" else "from"
-                raw_to = v["to"] if direction == "outbound" else v["from"]
-                ours = v["from"] if direction == "outbound" else v["to"]
-                name = ctx.campaign or senders.get(_digits(ours)) or senders.get(v.get("service", ""))
+                out = direction == "outbound"
+                col = "from" if out else "to"
+                name = ctx.campaign or m_sender[g_from(fields) if out else g_to(fields)] \
+                    or senders.get(g_service(fields))
                 if not name:
-                    col = "from" if direction == "outbound" else "to"
                     raise V.BadValue("no campaign for this sender: pass --campaign NAME, or map "
                                      "senders to campaigns in a --map file's [campaign_by_sender]")
+                cid = m_campaign[name]
+                col = "to" if out else "from"
+                raw_to = g_to(fields) if out else g_from(fields)
             else:
-                raw_to = v.get("recipient", "")
                 col = "campaign"
-                name = v.get("campaign", "").strip()
-                if not name:
-                    raise V.BadValue("campaign is empty")
-            col = "recipient" if not twilio else col
-            phone = phones(raw_to) if raw_to.strip() else None
+                cid = m_campaign[g_campaign(fields)]
+                col = "recipient"
+                raw_to = g_rcpt(fields)
+            phone = phones(raw_to) if raw_to else None
             col = "sent_at"
-            sent_at = parse_time(v.get("sent_at", ""), tz)
+            sent_at = parse_time(g_time(fields), tz)
             col = "status"
-            status = V.sms_status(v.get("status", ""))
+            status = m_status[g_status(fields)]
             col = "cost"
-            cost = _money(v, "cost", absolute=twilio)
+            cost = m_cost[g_cost(fields)]
             col = "revenue"
-            revenue = _money(v, "revenue")
+            revenue = m_money[g_revenue(fields)]
             col = "segments"
-            segments = V.count(v.get("segments", ""))
+            segments = m_count[g_segments(fields)]
             col = "clicked"
-            clicked = V.flag(v.get("clicked", ""))
+            clicked = m_flag[g_clicked(fields)]
             col = "converted"
-            converted = V.flag(v.get("converted", ""))
+            converted = m_flag[g_converted(fields)]
             col = "opted_out"
-            opted_out = V.flag(v.get("opted_out", ""))
+            opted_out = m_flag[g_opted(fields)]
             col = "replied"
-            replied = V.flag(v.get("replied", ""))
+            replied = m_flag[g_replied(fields)]
             col = "spam_complaint"
-            spam = V.flag(v.get("spam_complaint", ""))
+            spam = m_flag[g_spam(fields)]
         except (V.BadValue, ValueError, BadPhoneNumber) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
-        keyword = V.keyword(v.get("body", "")) if direction == "inbound" else None
-        cid = campaign_id(name, "sms")
-        key = v.get("message_id", "").strip() or ctx.content_key(f"m{cid}", fields)
+        keyword = V.keyword(g_body(fields)) if direction == "inbound" else None
+        key = g_id(fields).strip() or content_key(f"m{cid}", fields)
         attrs = _attrs(extras, fields)
         if attrs:
             for n in extra_names:
                 attributes.add((cid, n))
-        return (key, cid, sent_at, direction, status, V.text(v.get("error_code", "")),
-                phone.hash if phone else None, phone.country if phone else None, segments,
-                cost, V.text(v.get("currency", "")), clicked, converted, revenue, opted_out,
-                replied, spam, keyword, V.text(v.get("segment", "")),
-                V.text(v.get("variant", "")), attrs, import_id)
+        if phone is None:
+            rcpt = country = None
+        else:
+            rcpt, country = phone.hash, phone.country
+        return (key, cid, sent_at, direction, status, m_text[g_err(fields)], rcpt, country,
+                segments, cost, m_text[g_cur(fields)], clicked, converted, revenue, opted_out,
+                replied, spam, keyword, m_text[g_segment(fields)], m_text[g_variant(fields)],
+                attrs, import_id)
 
     return build
 
 
-def _call_builder(fmt, ctx: Context, index, consts, labels, vmaps, extras):
-    read = _reader(index, consts, vmaps)
-    tz, phones, twilio = ctx.tz, ctx.phones, fmt.twilio
-    campaign_id, senders, attributes = ctx.campaign_id, ctx.senders, ctx.attributes
+def _call_builder(fmt, ctx: Context, cols: _Fields, extras):
+    tz, phones, twilio, labels = ctx.tz, ctx.phones, fmt.twilio, cols.labels
+    senders, attributes = ctx.senders, ctx.attributes
     extra_names = [n for n, _ in extras]
     import_id = ctx.import_id
+    G = cols.get
+    g_dir, g_campaign, g_rcpt, g_from, g_to = (G("direction"), G("campaign"), G("recipient"),
+                                               G("from"), G("to"))
+    g_id, g_time, g_status, g_answered, g_duration = (G("call_id"), G("started_at"), G("status"),
+                                                      G("answered_by"), G("duration_s"))
+    g_disp, g_abandoned, g_converted, g_revenue, g_cost, g_cur, g_agent = (
+        G("disposition"), G("abandoned"), G("converted"), G("revenue"), G("cost"),
+        G("currency"), G("agent"))
+    g_segment, g_variant = G("segment"), G("variant")
+    m_dir, m_status, m_answered, m_seconds, m_flag, m_text = (
+        Memo(V.direction), Memo(V.call_status), Memo(V.answered_by), Memo(V.seconds),
+        Memo(V.flag), Memo(V.text))
+    m_cost = Memo(lambda s: V.money_micros(s, absolute=twilio) if s else None)
+    m_money = Memo(lambda s: V.money_micros(s) if s else None)
+    m_campaign = Memo(lambda s: ctx.campaign_id(_nonempty_name(s), "call"))
+    m_sender = Memo(lambda s: senders.get(_digits(s)))
+    content_key = ctx.content_key
 
     def build(fields: list[str]) -> tuple:
-        v = read(fields)
         col = "direction"
         try:
-            direction = V.direction(v.get("direction", ""))
+            direction = m_dir[g_dir(fields)]
             if twilio:
-                raw_to = v["to"] if direction == "outbound" else v["from"]
-                ours = v["from"] if direction == "outbound" else v["to"]
-                name = ctx.campaign or senders.get(_digits(ours))
-                col = "to" if direction == "outbound" else "from"
+                out = direction == "outbound"
+                col = "from" if out else "to"
+                name = ctx.campaign or m_sender[g_from(fields) if out else g_to(fields)]
                 if not name:
-                    col = "from" if direction == "outbound" else "to"
                     raise V.BadValue("no campaign for this caller ID: pass --campaign NAME, or map "
                                      "numbers to campaigns in a --map file's [campaign_by_sender]")
-                col = "to" if direction == "outbound" else "from"
+                cid = m_campaign[name]
+                col = "to" if out else "from"
+                raw_to = g_to(fields) if out else g_from(fields)
             else:
-                raw_to = v.get("recipient", "")
                 col = "campaign"
-                name = v.get("campaign", "").strip()
-                if not name:
-                    raise V.BadValue("campaign is empty")
+                cid = m_campaign[g_campaign(fields)]
                 col = "recipient"
-            phone = phones(raw_to) if raw_to.strip() else None
+                raw_to = g_rcpt(fields)
+            phone = phones(raw_to) if raw_to else None
             col = "started_at"
-            started_at = parse_time(v.get("started_at", ""), tz)
+            started_at = parse_time(g_time(fields), tz)
             col = "status"
-            status = V.call_status(v.get("status", ""))
+            status = m_status[g_status(fields)]
             col = "answered_by"
-            answered_by = V.answered_by(v.get("answered_by", ""))
+            answered_by = m_answered[g_answered(fields)]
             col = "duration_s"
-            duration = V.seconds(v.get("duration_s", ""))
+            duration = m_seconds[g_duration(fields)]
             col = "abandoned"
-            abandoned = V.flag(v.get("abandoned", ""))
+            abandoned = m_flag[g_abandoned(fields)]
             col = "converted"
-            converted = V.flag(v.get("converted", ""))
+            converted = m_flag[g_converted(fields)]
             col = "revenue"
-            revenue = _money(v, "revenue")
+            revenue = m_money[g_revenue(fields)]
             col = "cost"
-            cost = _money(v, "cost", absolute=twilio)
+            cost = m_cost[g_cost(fields)]
         except (V.BadValue, ValueError, BadPhoneNumber) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
-        cid = campaign_id(name, "call")
-        key = v.get("call_id", "").strip() or ctx.content_key(f"c{cid}", fields)
+        key = g_id(fields).strip() or content_key(f"c{cid}", fields)
         attrs = _attrs(extras, fields)
         if attrs:
             for n in extra_names:
                 attributes.add((cid, n))
+        if phone is None:
+            rcpt = country = None
+        else:
+            rcpt, country = phone.hash, phone.country
         return (key, cid, started_at, direction, status, answered_by, duration,
-                V.text(v.get("disposition", "")), abandoned, converted, revenue, cost,
-                V.text(v.get("currency", "")), V.text(v.get("agent", "")),
-                phone.hash if phone else None, phone.country if phone else None,
-                V.text(v.get("segment", "")), V.text(v.get("variant", "")), attrs, import_id)
+                m_text[g_disp(fields)], abandoned, converted, revenue, cost,
+                m_text[g_cur(fields)], m_text[g_agent(fields)], rcpt, country,
+                m_text[g_segment(fields)], m_text[g_variant(fields)], attrs, import_id)
 
     return build
 
@@ -385,15 +455,16 @@ _DAILY_COUNTS = ("sent", "delivered", "failed", "clicks", "conversions", "opt_ou
                  "calls_abandoned")
 
 
-def _daily_builder(fmt, ctx: Context, index, consts, labels, vmaps, extras):
-    read = _reader(index, consts, vmaps)
-    tz, campaign_id, import_id = ctx.tz, ctx.campaign_id, ctx.import_id
+def _daily_builder(fmt, ctx: Context, cols: _Fields, extras):
+    tz, campaign_id, import_id, labels = ctx.tz, ctx.campaign_id, ctx.import_id, cols.labels
+    g_date, g_campaign, g_channel = cols.get("date"), cols.get("campaign"), cols.get("channel")
+    g_cost, g_revenue, g_talk = cols.get("cost"), cols.get("revenue"), cols.get("talk_seconds")
+    g_counts = [(c, cols.get(c)) for c in _DAILY_COUNTS]
 
     def build(fields: list[str]) -> tuple:
-        v = read(fields)
         col = "date"
         try:
-            raw = v.get("date", "").strip()
+            raw = g_date(fields).strip()
             try:
                 day = dt.date.fromisoformat(raw[:10]) if len(raw) >= 10 else None
             except ValueError:
@@ -402,15 +473,13 @@ def _daily_builder(fmt, ctx: Context, index, consts, labels, vmaps, extras):
                 ts = parse_time(raw, tz)
                 day = dt.datetime.fromtimestamp(ts, tz).date()
             col = "campaign"
-            name = v.get("campaign", "").strip()
-            if not name:
-                raise V.BadValue("campaign is empty")
+            name = _nonempty_name(g_campaign(fields))
             counts = {}
-            for c in _DAILY_COUNTS:
+            for c, g in g_counts:
                 col = c
-                counts[c] = V.count(v.get(c, ""))
+                counts[c] = V.count(g(fields))
             col = "channel"
-            ch = v.get("channel", "").strip()
+            ch = g_channel(fields).strip()
             if ch:
                 chan = V.channel(ch)
             elif counts["calls_dialed"] is not None and counts["sent"] is None:
@@ -418,11 +487,13 @@ def _daily_builder(fmt, ctx: Context, index, consts, labels, vmaps, extras):
             else:
                 chan = "sms"
             col = "cost"
-            cost = _money(v, "cost")
+            raw = g_cost(fields)
+            cost = V.money_micros(raw) if raw else None
             col = "revenue"
-            revenue = _money(v, "revenue")
+            raw = g_revenue(fields)
+            revenue = V.money_micros(raw) if raw else None
             col = "talk_seconds"
-            talk = V.seconds(v.get("talk_seconds", ""))
+            talk = V.seconds(g_talk(fields))
         except (V.BadValue, ValueError) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
         cid = campaign_id(name, chan)

@@ -1,23 +1,27 @@
-"""The import driver: one file in one transaction, streamed in batches."""
+"""The import driver: one file in one transaction, parsed as a stream of row batches."""
 from __future__ import annotations
 
 import getpass
 import os
+import pickle
+import subprocess
+import sys
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
-from ..errors import ImportRejected, MappingError, RowError
-from ..phones import PhoneHasher
-from ..store import Store, iso, name_key, utcnow
+from ..errors import ImportRejected, KpiBotError, MappingError, RowError
+from ..store import Store, iso, utcnow
 from ..times import zone
-from .formats import (CALL_COLUMNS, DAILY_COLUMNS, FORMATS, MESSAGE_COLUMNS, Context, RowProblem,
-                      bind, detect)
+from .formats import CALL_COLUMNS, DAILY_COLUMNS, FORMATS, MESSAGE_COLUMNS, detect
 from .mapping import Mapping, load_mapping
+from .parse import ParseJob, parse
 from .source import CsvSource
 
-BATCH = 5_000
-MAX_REPORTED = 50
 REPLY_WINDOW_S = 7 * 86400
+IMPORT_CACHE_KIB = 64 * 1024
+PARALLEL_BYTES = 4 << 20       # files this big are parsed in a second process
+SUSPEND_INDEX_ROWS = 50_000    # bulk loads this big rebuild the time index at the end
 
 FORMAT_NAMES = tuple(FORMATS)
 
@@ -93,10 +97,14 @@ def import_file(
     default_region: str | None = None,
     reply_window_s: int = REPLY_WINDOW_S,
     progress: Callable[[int, int], None] | None = None,
+    parallel: bool | None = None,
 ) -> ImportResult:
     """Import one CSV file. Strict by default: any bad row rejects the whole file and
     nothing changes. With ``skip_bad_rows`` the good rows land and the bad are reported.
-    Re-importing rows (same provider id, or the same id-less row) counts them once."""
+    Re-importing rows (same provider id, or the same id-less row) counts them once.
+
+    Files over a few megabytes are parsed in a second process while this one writes
+    (``parallel`` forces the choice either way)."""
     if format is not None and format not in FORMATS:
         raise ImportRejected(f"unknown format '{format}' (known: {', '.join(FORMATS)})")
     if mapping is not None and not isinstance(mapping, Mapping):
@@ -118,8 +126,8 @@ def import_file(
             + "). Name it with --format (" + ", ".join(FORMATS)
             + ") or describe the columns in a --map file.", file=src.name)
     fmt = FORMATS[fmt_name]
-    tz = zone(store.timezone())
-    phones = PhoneHasher(store.hash_key(), default_region or os.environ.get("KPIBOT_REGION", "US"))
+    tz_name = store.timezone()
+    zone(tz_name)   # an unknown zone is an error before anything starts
     result = ImportResult(file=src.name, format=fmt_name if column_mapping is None else
                           f"{fmt_name} via {column_mapping.path.name}",
                           encoding=src.encoding, sha256=src.sha256, warnings=list(src.warnings),
@@ -130,9 +138,15 @@ def import_file(
         result.seen_before = prev[0]
         result.warnings.append(f"this exact file was imported before ({prev[0]}); "
                                "its rows are counted once")
+    if parallel is None:
+        parallel = src.size >= PARALLEL_BYTES
     table = _TABLE[fmt.kind]
     sql = _SQL[fmt.kind]
-    total_errors = 0
+    hash_key = store.hash_key()
+    # A bigger page cache for the duration of the import: inserts into the key index land
+    # at random places, and re-reading evicted pages dominates otherwise.
+    cache_before = store.conn.execute("PRAGMA cache_size").fetchone()[0]
+    store.conn.execute(f"PRAGMA cache_size=-{IMPORT_CACHE_KIB}")
     try:
         with store.transaction() as conn:
             cur = conn.execute(
@@ -141,60 +155,35 @@ def import_file(
                 (str(path), src.sha256, src.size, result.format, src.encoding, iso(utcnow()),
                  imported_by or _whoami()))
             import_id = cur.lastrowid
-            campaign_cache: dict[tuple[str, str], int] = {}
-            touched: dict[int, str] = {}
-
-            def campaign_id(name: str, channel: str) -> int:
-                k = (name, channel)
-                cid = campaign_cache.get(k)
-                if cid is None:
-                    if len(name) > 200:
-                        raise RowProblem("campaign", "campaign name is over 200 characters")
-                    cid = store.campaign_id(conn, name, channel)
-                    campaign_cache[k] = cid
-                    touched.setdefault(cid, name)
-                return cid
-
-            ctx = Context(tz=tz, phones=phones, campaign_id=campaign_id, import_id=import_id,
-                          campaign=campaign, senders=dict(mapping.senders) if mapping else {})
-            try:
-                plan = bind(fmt, src.header, ctx, column_mapping)
-            except ValueError as exc:
-                raise ImportRejected(str(exc), file=src.name) from None
-            if plan.ignored and fmt.name not in ("twilio-messages", "twilio-calls"):
-                result.warnings.append("columns not imported: " + ", ".join(plan.ignored))
+            next_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM campaigns").fetchone()[0]
+            job = ParseJob(
+                source=src.state(), format=fmt_name, mapping=column_mapping, campaign=campaign,
+                tz=tz_name, hash_key=hash_key,
+                region=default_region or os.environ.get("KPIBOT_REGION", "US"),
+                import_id=import_id, campaigns=store.campaign_channels(conn),
+                next_campaign_id=next_id, skip_bad_rows=skip_bad_rows,
+                senders=dict(mapping.senders) if mapping else {})
             max_before = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
             count_before = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] \
                 if fmt.kind == "daily" else 0
-            build = plan.build
-            batch: list[tuple] = []
-            rows_in = 0
+            rebuild = _suspend_indexes(conn, table, src.estimated_rows())
             errors = result.errors
-            stop_writing = False
-            for line, fields in src.rows():
-                rows_in += 1
-                if isinstance(fields, RowError):
-                    total_errors += 1
-                    if len(errors) < MAX_REPORTED:
-                        errors.append(fields)
-                    stop_writing = stop_writing or not skip_bad_rows
-                    continue
-                try:
-                    row = build(fields)
-                except RowProblem as exc:
-                    total_errors += 1
-                    if len(errors) < MAX_REPORTED:
-                        errors.append(RowError(line, exc.column, exc.reason))
-                    stop_writing = stop_writing or not skip_bad_rows
-                    continue
-                if stop_writing:
-                    continue
-                batch.append(row)
-                if len(batch) >= BATCH:
-                    conn.executemany(sql, batch)
-                    batch.clear()
+            for message in (_in_child(job) if parallel else parse(job)):
+                kind = message[0]
+                if kind == "rows":
+                    _, rows, row_errors, done_bytes = message
+                    if rows:
+                        conn.executemany(sql, rows)
+                    errors.extend(row_errors)
                     if progress:
-                        progress(src.bytes_read(), src.size)
+                        progress(done_bytes, src.size)
+                elif kind == "campaign":
+                    _, cid, name, channel, new = message
+                    store.put_campaign(conn, cid, name, channel, new=new)
+                else:
+                    _, rows_in, total_errors, attributes, invalid, touched, ignored = message
+            if ignored and fmt.name not in ("twilio-messages", "twilio-calls"):
+                result.warnings.append("columns not imported: " + ", ".join(ignored))
             if rows_in == 0:
                 raise ImportRejected("the file has a header but no data rows", file=src.name)
             if total_errors and not skip_bad_rows:
@@ -203,14 +192,14 @@ def import_file(
                     f"{rows_in:,}; nothing was imported (fix them, or pass --skip-bad-rows to "
                     "import the good rows)", file=src.name, errors=errors[:20],
                     total_errors=total_errors)
-            if batch:
-                conn.executemany(sql, batch)
+            for sql_create in rebuild:
+                conn.execute(sql_create)
             if fmt.kind == "message":
                 attribute_replies(conn, reply_window_s)
-            if ctx.attributes:
+            if attributes:
                 conn.executemany(
                     "INSERT OR IGNORE INTO attribute_names(campaign_id, kind, name) VALUES (?, ?, ?)",
-                    [(cid, fmt.kind, n) for cid, n in sorted(ctx.attributes)])
+                    [(cid, fmt.kind, n) for cid, n in attributes])
             if fmt.kind == "daily":
                 new = conn.execute("SELECT COUNT(*) FROM daily").fetchone()[0] - count_before
             else:
@@ -218,11 +207,11 @@ def import_file(
                                    (max_before,)).fetchone()[0]
             result.rows_in, result.rows_new, result.rows_rejected = rows_in, new, total_errors
             result.import_id = import_id
-            result.campaigns = sorted(set(touched.values()), key=name_key)
-            if phones.invalid:
+            result.campaigns = touched
+            if invalid:
                 result.warnings.append(
-                    f"{phones.invalid:,} phone number{'s are' if phones.invalid != 1 else ' is'} "
-                    "not valid for its country (kept; the country comes from the calling code)")
+                    f"{invalid:,} row{'s have' if invalid != 1 else ' has'} a phone number that "
+                    "is not valid for its country (kept; the country comes from the calling code)")
             conn.execute("UPDATE imports SET finished_at = ?, rows_in = ?, rows_new = ?, "
                          "rows_rejected = ? WHERE id = ?",
                          (iso(utcnow()), rows_in, new, total_errors, import_id))
@@ -230,13 +219,64 @@ def import_file(
                 conn.executemany(
                     'INSERT INTO import_rejects(import_id, line, "column", reason) VALUES (?,?,?,?)',
                     [(import_id, e.line, e.column, e.reason) for e in errors])
-            if progress:
-                progress(src.size, src.size)
             if dry_run:
                 raise _DryRun()
     except _DryRun:
         result.import_id = None
+    finally:
+        store.conn.execute(f"PRAGMA cache_size={cache_before}")
     return result
+
+
+def _in_child(job: ParseJob) -> Iterator[tuple]:
+    """``parse(job)`` run in a second Python process, its messages read from a pipe."""
+    root = str(Path(__file__).resolve().parents[2])   # the folder holding `metrics`
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    proc = subprocess.Popen([sys.executable, "-m", "metrics.importers.parse"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    try:
+        pickle.dump(job, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        proc.stdin.close()
+        while True:
+            try:
+                message = pickle.load(proc.stdout)
+            except EOFError:
+                raise KpiBotError("the import's parser process stopped unexpectedly "
+                                  f"(exit code {proc.wait()}); nothing was imported") from None
+            kind = message[0]
+            if kind == "rejected":
+                raise ImportRejected(message[1], file=message[2], errors=message[3],
+                                     total_errors=message[4])
+            if kind == "failed":
+                raise KpiBotError(message[1])
+            yield message
+            if kind == "done":
+                return
+    finally:
+        proc.stdout.close()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def _suspend_indexes(conn, table: str, new_rows: int) -> list[str]:
+    """For a bulk load, drop the table's time index and return the SQL that rebuilds it.
+
+    Rows arrive in no particular time order, so keeping a (campaign, time) index up to
+    date means a random B-tree insert per row; building it once at the end is a sort,
+    several times cheaper when the file is large next to the table. It happens inside the
+    import's transaction, so other connections never see the table without it."""
+    if new_rows < SUSPEND_INDEX_ROWS:
+        return []
+    existing = conn.execute(f"SELECT MAX(rowid) FROM {table}").fetchone()[0] or 0
+    if new_rows * 4 < existing:
+        return []
+    found = conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND "
+                         "tbl_name = ? AND name LIKE '%campaign_time'", (table,)).fetchall()
+    for name, _ in found:
+        conn.execute(f"DROP INDEX {name}")
+    return [sql for _, sql in found]
 
 
 class _DryRun(Exception):

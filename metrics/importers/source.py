@@ -45,6 +45,23 @@ class CsvSource:
         self.delimiter = delimiter or _sniff_delimiter(first)
         self.header = self._read_header()
 
+    def state(self) -> dict:
+        """What another process needs to stream this checked file again (see ``reopen``)."""
+        return {"path": str(self.path), "name": self.name, "size": self.size,
+                "sha256": self.sha256, "encoding": self.encoding, "delimiter": self.delimiter,
+                "header": self.header}
+
+    @classmethod
+    def reopen(cls, state: dict) -> "CsvSource":
+        """A source for a file already checked by ``CsvSource(path)``, without re-reading it."""
+        self = cls.__new__(cls)
+        self.path = Path(state["path"])
+        self.warnings = []
+        self._fh = None
+        for k in ("name", "size", "sha256", "encoding", "delimiter", "header"):
+            setattr(self, k, state[k])
+        return self
+
     def _scan(self) -> tuple[str, str]:
         """One pass over the bytes: the sha256, and whether they are valid UTF-8."""
         digest = hashlib.sha256()
@@ -146,6 +163,13 @@ class CsvSource:
                                      file=self.name) from None
             finally:
                 self._fh = None
+
+    def estimated_rows(self) -> int:
+        """Roughly how many rows the file has, from the line length of its first 256 KB."""
+        with open(self.path, "rb") as f:
+            head = f.read(1 << 18)
+        lines = max(1, head.count(b"\n"))
+        return max(1, round(self.size / (len(head) / lines)) - 1)
 
     def bytes_read(self) -> int:
         """How far the reader has got, for progress bars."""
