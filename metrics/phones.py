@@ -81,7 +81,7 @@ class PhoneHasher:
             if cc is None:
                 raise BadPhoneNumber(f"no country has calling code +{digits[:3]}")
             national = digits[len(str(cc)):]
-            if not national.startswith("0"):   # a leading zero (Italy) takes the full parse
+            if not _may_strip_prefix(cc, national):
                 region, valid = region_and_validity(cc, national)
                 return Phone(self.hash_e164(s), region, valid)
         try:
@@ -92,6 +92,25 @@ class PhoneHasher:
         valid = phonenumbers.is_valid_number(number)
         region = phonenumbers.region_code_for_number(number) if valid else None
         return Phone(self.hash_e164(e164), _fallback_region(number.country_code, region), valid)
+
+
+_NATIONAL_PREFIX: dict[int, re.Pattern | None] = {}
+
+
+def _may_strip_prefix(cc: int, national: str) -> bool:
+    """Whether libphonenumber's parse could read ``national`` differently: a leading zero
+    (kept in Italy), or a national prefix it would strip (``+1 1 415...``). Such numbers
+    take the full parse, so the fast path only ever answers where it is exact."""
+    if national[:1] == "0":
+        return True
+    try:
+        pattern = _NATIONAL_PREFIX[cc]
+    except KeyError:
+        meta = PhoneMetadata.metadata_for_region_or_calling_code(
+            cc, phonenumbers.region_code_for_country_code(cc))
+        npp = meta.national_prefix_for_parsing if meta is not None else None
+        pattern = _NATIONAL_PREFIX[cc] = re.compile(npp) if npp else None
+    return pattern is not None and pattern.match(national) is not None
 
 
 def _fallback_region(cc: int, region: str | None) -> str | None:

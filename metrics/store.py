@@ -21,6 +21,7 @@ from .errors import HashKeyMismatch
 from .names import merged_channel, name_key
 
 DEFAULT_DB = "kpibot.db"
+GOALS = ("lead-gen", "sales", "appointments", "support", "awareness", "info")
 HASH_KEY_ENV = "KPIBOT_HASH_KEY"
 HASH_KEY_FILE = ".kpibot-hash-key"
 
@@ -286,6 +287,13 @@ class Store:
     def campaign_channels(self, conn: sqlite3.Connection) -> dict[str, tuple[int, str | None]]:
         """Every campaign's name key -> (id, channel)."""
         return {k: (i, c) for i, k, c in conn.execute("SELECT id, name_key, channel FROM campaigns")}
+
+    def set_goal(self, campaign_id: int, goal: str) -> None:
+        """Set a campaign's goal (one of GOALS), which orders its KPIs."""
+        if goal not in GOALS:
+            raise ValueError(f"unknown goal '{goal}' (one of: {', '.join(GOALS)})")
+        with self.transaction() as conn:
+            conn.execute("UPDATE campaigns SET goal = ? WHERE id = ?", (goal, campaign_id))
 
     def campaigns(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self.db.query("SELECT * FROM campaigns ORDER BY name_key")]

@@ -165,9 +165,9 @@ def direction(s: str) -> str:
     if hit is not None:
         return hit
     t = _key(s)
-    if t in ("", "outbound", "outgoing", "out", "mt") or t.startswith("outbound"):
+    if t in ("", "out", "mt") or t.startswith(("outbound", "outgoing")):   # Outgoing API
         return "outbound"
-    if t in ("inbound", "incoming", "in", "mo", "received"):
+    if t in ("in", "mo", "received") or t.startswith(("inbound", "incoming")):
         return "inbound"
     raise BadValue(f"unknown direction '{s[:30]}' (expected outbound or inbound)")
 

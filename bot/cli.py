@@ -1,0 +1,203 @@
+"""``kpibot``: the command line.
+
+    kpibot demo                      # a demo data set in ./kpibot.db
+    kpibot import FILE... [--format F] [--campaign NAME] [--map MAP.toml] [--skip-bad-rows]
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from metrics.errors import KpiBotError
+
+FORMAT_CHOICES = ("events", "calls", "daily", "twilio-messages", "twilio-calls")
+
+
+def _store(db: str | None):
+    from metrics.store import Store
+    try:
+        return Store.open(db)
+    except Exception as exc:  # sqlite3 errors: unreadable file, not a database, ...
+        raise click.ClickException(f"cannot open the database {db or os.environ.get('KPIBOT_DB') or 'kpibot.db'}: {exc}")
+
+
+db_option = click.option("--db", metavar="PATH", envvar="KPIBOT_DB",
+                         help="SQLite database file (default: $KPIBOT_DB or ./kpibot.db).")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="kpibot")
+def main() -> None:
+    """Campaign KPIs for SMS and call campaigns, from your providers' exports."""
+
+
+class _Progress:
+    """A tqdm bar over the bytes of one file, only on a terminal."""
+
+    def __init__(self, name: str, enabled: bool):
+        self.bar = None
+        self.name = name
+        self.enabled = enabled
+
+    def __call__(self, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024,
+                            desc=self.name[:30], leave=False, file=sys.stderr)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@main.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=True, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(FORMAT_CHOICES),
+              help="The file's format (default: detected from the header).")
+@click.option("--campaign", metavar="NAME",
+              help="Campaign for every row (Twilio exports, or files without a campaign column).")
+@click.option("--map", "mapping", metavar="MAP.toml", type=click.Path(path_type=Path),
+              help="A TOML mapping file for any other CSV (see examples/).")
+@click.option("--skip-bad-rows", is_flag=True,
+              help="Import the good rows and report the bad ones (default: a bad row rejects "
+                   "the whole file).")
+@click.option("--strict", "strict", is_flag=True, help="Reject a file with any bad row (the default).")
+@click.option("--dry-run", is_flag=True, help="Check and count everything, change nothing.")
+@click.option("--region", metavar="CC", default=None,
+              help="Country for numbers written without +country code (default: $KPIBOT_REGION or US).")
+@db_option
+def import_cmd(files, fmt, campaign, mapping, skip_bad_rows, strict, dry_run, region, db) -> None:
+    """Import CSV exports: canonical events, calls, daily totals, Twilio logs, or any CSV
+    through a mapping file. Each file lands whole or not at all; rows already imported
+    are counted once."""
+    from metrics.errors import ImportRejected
+    from metrics.importers import import_file
+
+    if strict and skip_bad_rows:
+        raise click.UsageError("--strict and --skip-bad-rows contradict each other")
+    store = _store(db)
+    failed = 0
+    tty = sys.stderr.isatty()
+    for path in files:
+        progress = _Progress(path.name, tty)
+        try:
+            result = import_file(store, path, format=fmt, campaign=campaign, mapping=mapping,
+                                 skip_bad_rows=skip_bad_rows, dry_run=dry_run,
+                                 default_region=region, progress=progress)
+        except ImportRejected as exc:
+            progress.close()
+            failed += 1
+            click.secho(f"✗ {exc}", fg="red", err=True)
+            continue
+        except KpiBotError as exc:
+            progress.close()
+            failed += 1
+            click.secho(f"✗ {path.name}: {exc}", fg="red", err=True)
+            continue
+        progress.close()
+        click.echo(("✓ " if not result.rows_rejected else "! ") + result.summary())
+        for w in result.warnings:
+            click.echo(f"  note: {w}")
+        if result.rows_rejected:
+            click.echo(f"  skipped {result.rows_rejected:,} bad row"
+                       f"{'s' * (result.rows_rejected != 1)}:")
+            for e in result.errors[:20]:
+                click.echo(f"    {e}")
+            if result.rows_rejected > 20:
+                click.echo(f"    … and {result.rows_rejected - 20:,} more "
+                           f"(all are listed in the database's import_rejects table)"
+                           if len(result.errors) > 20 else
+                           f"    … and {result.rows_rejected - 20:,} more")
+    store.close()
+    if failed:
+        raise SystemExit(1)
+
+
+@main.command()
+@click.option("--messages", default=60_000, show_default=True, help="SMS events to generate.")
+@click.option("--calls", default=12_000, show_default=True, help="Call events to generate.")
+@click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same data).")
+@db_option
+def demo(messages: int, calls: int, seed: int, db: str | None) -> None:
+    """Fill the database with a realistic demo: five SMS and three call campaigns over the
+    last eight weeks (re-running it adds nothing twice)."""
+    from metrics.demo import CALL_CAMPAIGNS, SMS_CAMPAIGNS, write_call_events, write_message_events
+    from metrics.importers import import_file
+    from metrics.names import name_key
+
+    store = _store(db)
+    end = dt.datetime.now(dt.timezone.utc)
+    click.echo(f"Demo data into {store.path.resolve()}")
+    with tempfile.TemporaryDirectory(prefix="kpibot-demo-") as tmp:
+        files = [write_message_events(Path(tmp) / "demo-sms-events.csv", messages, seed=seed,
+                                      end=end),
+                 write_call_events(Path(tmp) / "demo-call-events.csv", calls, seed=seed + 1,
+                                   end=end)]
+        for path in files:
+            progress = _Progress(path.name, sys.stderr.isatty())
+            result = import_file(store, path, progress=progress, imported_by="kpibot demo")
+            progress.close()
+            click.echo("  " + result.summary())
+    ids = {name_key(c["name"]): c["id"] for c in store.campaigns()}
+    for camp in SMS_CAMPAIGNS + CALL_CAMPAIGNS:
+        store.set_goal(ids[name_key(camp.name)], camp.goal)
+    click.echo()
+    click.echo(campaign_table(store))
+    store.close()
+
+
+def campaign_table(store) -> str:
+    """Every campaign with its channel, volume and dates, as aligned text."""
+    from metrics.times import zone
+    tz = zone(store.timezone())
+    rows = store.conn.execute(
+        """
+        SELECT c.name, c.channel, COALESCE(c.goal, ''),
+               COALESCE(m.n, 0) + COALESCE(k.n, 0),
+               MIN(COALESCE(m.first, k.first), COALESCE(k.first, m.first)),
+               MAX(COALESCE(m.last, k.last), COALESCE(k.last, m.last))
+        FROM campaigns c
+        LEFT JOIN (SELECT campaign_id, COUNT(*) n, MIN(sent_at) first, MAX(sent_at) last
+                   FROM messages WHERE direction = 'outbound' GROUP BY campaign_id) m
+               ON m.campaign_id = c.id
+        LEFT JOIN (SELECT campaign_id, COUNT(*) n, MIN(started_at) first, MAX(started_at) last
+                   FROM calls GROUP BY campaign_id) k ON k.campaign_id = c.id
+        ORDER BY c.name_key
+        """).fetchall()
+    if not rows:
+        return "No campaigns yet: import a file with `kpibot import FILE`."
+
+    def day(ts):
+        return dt.datetime.fromtimestamp(ts, tz).date().isoformat() if ts is not None else "—"
+
+    table = [("campaign", "channel", "goal", "volume", "from", "to")]
+    table += [(n, ch or "", g, f"{v:,}", day(a), day(b)) for n, ch, g, v, a, b in rows]
+    widths = [max(_width(r[i]) for r in table) for i in range(len(table[0]))]
+    out = []
+    for r in table:
+        cells = [_pad(c, w, right=(i == 3)) for i, (c, w) in enumerate(zip(r, widths))]
+        out.append("  ".join(cells).rstrip())
+    return "\n".join(out)
+
+
+def _width(s: str) -> int:
+    """Display width: East Asian wide characters take two columns."""
+    import unicodedata
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in s)
+
+
+def _pad(s: str, width: int, right: bool = False) -> str:
+    fill = " " * (width - _width(s))
+    return fill + s if right else s + fill
+
+
+if __name__ == "__main__":
+    main()

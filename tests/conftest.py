@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from metrics.store import Store
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+BANK = SHARED / "data" / "bank-marketing" / "bank-full.csv"
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for name in ("KPIBOT_DB", "KPIBOT_TZ", "KPIBOT_HASH_KEY", "KPIBOT_REGION"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    s = Store(tmp_path / "kpibot.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def write(tmp_path):
+    """write(name, text, encoding='utf-8', newline='\\n') -> Path of a CSV file."""
+    def _write(name: str, text: str, encoding: str = "utf-8", newline: str = "\n",
+               bom: bytes = b"") -> Path:
+        p = tmp_path / name
+        body = text.lstrip("\n")
+        if newline != "\n":
+            body = body.replace("\n", newline)
+        p.write_bytes(bom + body.encode(encoding))
+        return p
+    return _write
+
+
+def rows(store: Store, sql: str, *params):
+    return store.conn.execute(sql, params).fetchall()
+
+
+def one(store: Store, sql: str, *params):
+    return store.conn.execute(sql, params).fetchone()
+
+
+def table_counts(store: Store) -> dict[str, int]:
+    return {t: one(store, f"SELECT COUNT(*) FROM {t}")[0]
+            for t in ("campaigns", "messages", "calls", "daily", "imports", "attribute_names")}
+
+
+def bank_available() -> bool:
+    return BANK.is_file()
+
+
+os.environ.setdefault("KPIBOT_TEST", "1")
