@@ -14,7 +14,7 @@ import re
 from typing import NamedTuple
 
 import phonenumbers
-from phonenumbers import NumberParseException, PhoneMetadata, PhoneNumber
+from phonenumbers import NumberParseException, PhoneMetadata
 from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, REGION_CODE_FOR_NON_GEO_ENTITY
 
 _STRIP = re.compile(r"[\s\-().\u00a0/]")

@@ -233,6 +233,8 @@ class Store:
         env = os.environ.get(HASH_KEY_ENV)
         if env:
             key = env.encode()
+        elif str(self.path) == ":memory:":   # a throwaway database gets a throwaway key
+            key = secrets.token_hex(32).encode()
         else:
             key_path = self.key_path()
             try:
@@ -255,8 +257,6 @@ class Store:
         return key
 
     def key_path(self) -> Path:
-        if str(self.path) == ":memory:":
-            return Path(HASH_KEY_FILE).resolve()
         return self.path.resolve().parent / HASH_KEY_FILE
 
     # -- campaigns ----------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 from metrics.importers import import_file
 from metrics.importers.formats import detect
 
-from .conftest import one, rows, table_counts
+from .conftest import one, rows
 
 UTC = dt.timezone.utc
 

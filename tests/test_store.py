@@ -79,3 +79,10 @@ def test_database_path_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("KPIBOT_DB", str(tmp_path / "env.db"))
     s = Store.open()
     assert s.path == tmp_path / "env.db" and os.path.exists(tmp_path / "env.db")
+
+
+def test_an_in_memory_database_writes_no_key_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    s = Store(":memory:")
+    assert len(s.hash_key()) == 64
+    assert list(tmp_path.iterdir()) == []
