@@ -206,3 +206,11 @@ def test_phone_numbers_are_never_stored(tmp_path, write):
         assert number.encode() not in blob
         assert number.encode("utf-16-le") not in blob
     assert re.search(rb"\+1\d{10}", blob) is None
+
+
+def test_rejected_rows_create_no_campaign(store, write):
+    p = write("b.csv", csv("ghost-campaign,SM1,2026-03-01T09:00:00Z,+14155550132,lost,outbound,0",
+                           GOOD[0]))
+    r = import_file(store, p, skip_bad_rows=True)
+    assert (r.rows_new, r.campaigns) == (1, ["spring-sale"])
+    assert rows(store, "SELECT name FROM campaigns") == [("spring-sale",)]

@@ -307,7 +307,8 @@ def _message_builder(fmt, ctx: Context, cols: _Fields, extras):
                                                 Memo(V.count), Memo(V.flag), Memo(V.text))
     m_cost = Memo(lambda s: V.money_micros(s, absolute=twilio) if s else None)
     m_money = Memo(lambda s: V.money_micros(s) if s else None)
-    m_campaign = Memo(lambda s: ctx.campaign_id(_nonempty_name(s), "sms"))
+    m_name = Memo(_nonempty_name)
+    m_campaign = Memo(lambda name: ctx.campaign_id(name, "sms"))
     m_sender = Memo(lambda s: senders.get(_digits(s)))
     content_key = ctx.content_key
 
@@ -323,12 +324,11 @@ def _message_builder(fmt, ctx: Context, cols: _Fields, extras):
                 if not name:
                     raise V.BadValue("no campaign for this sender: pass --campaign NAME, or map "
                                      "senders to campaigns in a --map file's [campaign_by_sender]")
-                cid = m_campaign[name]
                 col = "to" if out else "from"
                 raw_to = g_to(fields) if out else g_from(fields)
             else:
                 col = "campaign"
-                cid = m_campaign[g_campaign(fields)]
+                name = m_name[g_campaign(fields)]
                 col = "recipient"
                 raw_to = g_rcpt(fields)
             phone = phones(raw_to) if raw_to else None
@@ -354,6 +354,7 @@ def _message_builder(fmt, ctx: Context, cols: _Fields, extras):
             spam = m_flag[g_spam(fields)]
         except (V.BadValue, ValueError, BadPhoneNumber) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
+        cid = m_campaign[name]   # only now: a rejected row creates no campaign
         keyword = V.keyword(g_body(fields)) if direction == "inbound" else None
         key = g_id(fields).strip() or content_key(f"m{cid}", fields)
         attrs = _attrs(extras, fields)
@@ -391,7 +392,8 @@ def _call_builder(fmt, ctx: Context, cols: _Fields, extras):
         Memo(V.flag), Memo(V.text))
     m_cost = Memo(lambda s: V.money_micros(s, absolute=twilio) if s else None)
     m_money = Memo(lambda s: V.money_micros(s) if s else None)
-    m_campaign = Memo(lambda s: ctx.campaign_id(_nonempty_name(s), "call"))
+    m_name = Memo(_nonempty_name)
+    m_campaign = Memo(lambda name: ctx.campaign_id(name, "call"))
     m_sender = Memo(lambda s: senders.get(_digits(s)))
     content_key = ctx.content_key
 
@@ -406,12 +408,11 @@ def _call_builder(fmt, ctx: Context, cols: _Fields, extras):
                 if not name:
                     raise V.BadValue("no campaign for this caller ID: pass --campaign NAME, or map "
                                      "numbers to campaigns in a --map file's [campaign_by_sender]")
-                cid = m_campaign[name]
                 col = "to" if out else "from"
                 raw_to = g_to(fields) if out else g_from(fields)
             else:
                 col = "campaign"
-                cid = m_campaign[g_campaign(fields)]
+                name = m_name[g_campaign(fields)]
                 col = "recipient"
                 raw_to = g_rcpt(fields)
             phone = phones(raw_to) if raw_to else None
@@ -433,6 +434,7 @@ def _call_builder(fmt, ctx: Context, cols: _Fields, extras):
             cost = m_cost[g_cost(fields)]
         except (V.BadValue, ValueError, BadPhoneNumber) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
+        cid = m_campaign[name]   # only now: a rejected row creates no campaign
         key = g_id(fields).strip() or content_key(f"c{cid}", fields)
         attrs = _attrs(extras, fields)
         if attrs:

@@ -126,6 +126,11 @@ def import_file(
             + "). Name it with --format (" + ", ".join(FORMATS)
             + ") or describe the columns in a --map file.", file=src.name)
     fmt = FORMATS[fmt_name]
+    if fmt.twilio and not campaign and not (mapping and mapping.senders):
+        raise ImportRejected(
+            "a Twilio export does not say which campaign its rows belong to: pass "
+            "--campaign NAME, or map sender numbers to campaigns in a --map file's "
+            "[campaign_by_sender] table", file=src.name)
     tz_name = store.timezone()
     zone(tz_name)   # an unknown zone is an error before anything starts
     result = ImportResult(file=src.name, format=fmt_name if column_mapping is None else

@@ -132,8 +132,9 @@ def sms_status(s: str) -> str:
     try:
         return SMS_STATUS[_key(s)]
     except KeyError:
-        raise BadValue(f"unknown SMS status '{s[:30]}' (expected one of: "
-                       + ", ".join(sorted(set(SMS_STATUS))) + ")") from None
+        raise BadValue(f"unknown SMS status '{s[:30]}' (expected "
+                       + ", ".join(dict.fromkeys(SMS_STATUS.values()))
+                       + ", or a provider's word for one: queued, accepted, expired, ...)") from None
 
 
 def call_status(s: str) -> str:
