@@ -214,3 +214,14 @@ def test_rejected_rows_create_no_campaign(store, write):
     r = import_file(store, p, skip_bad_rows=True)
     assert (r.rows_new, r.campaigns) == (1, ["spring-sale"])
     assert rows(store, "SELECT name FROM campaigns") == [("spring-sale",)]
+
+
+def test_parser_process_ignores_a_metrics_folder_in_the_working_directory(store, write, tmp_path,
+                                                                         monkeypatch):
+    """A user's folder may well hold its own `metrics` package; the parser must not load it."""
+    other = tmp_path / "elsewhere"
+    (other / "metrics").mkdir(parents=True)
+    (other / "metrics" / "__init__.py").write_text("raise ImportError('the wrong metrics')\n")
+    monkeypatch.chdir(other)
+    r = import_file(store, write("ok.csv", csv(*GOOD)), parallel=True)
+    assert r.rows_new == 3

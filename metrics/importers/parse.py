@@ -13,7 +13,6 @@ Messages, in order:
 """
 from __future__ import annotations
 
-import functools
 import os
 import pickle
 import sys
@@ -148,10 +147,12 @@ def parse(job: ParseJob) -> Iterator[tuple]:
 
 
 def child_main() -> None:
-    """The second process (``python -m metrics.importers.parse``): a pickled job on stdin,
+    """The second process: a pickled job on stdin,
     pickled messages on stdout; errors become messages too."""
     out = sys.stdout.buffer
-    send = functools.partial(pickle.dump, file=out, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def send(message: tuple) -> None:
+        pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
     try:
         job = pickle.load(sys.stdin.buffer)
         for message in parse(job):
@@ -169,6 +170,3 @@ def child_main() -> None:
     out.flush()
     os._exit(0)   # skip interpreter teardown: the parent has what it needs
 
-
-if __name__ == "__main__":
-    child_main()

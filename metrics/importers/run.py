@@ -235,11 +235,12 @@ def import_file(
 
 def _in_child(job: ParseJob) -> Iterator[tuple]:
     """``parse(job)`` run in a second Python process, its messages read from a pipe."""
-    root = str(Path(__file__).resolve().parents[2])   # the folder holding `metrics`
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (root, os.environ.get("PYTHONPATH")) if p))
-    proc = subprocess.Popen([sys.executable, "-m", "metrics.importers.parse"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    # The very `metrics` this process runs, whatever the working directory holds.
+    root = str(Path(__file__).resolve().parents[2])
+    boot = (f"import sys; sys.path.insert(0, {root!r}); "
+            "from metrics.importers.parse import child_main; child_main()")
+    proc = subprocess.Popen([sys.executable, "-c", boot], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE)
     try:
         pickle.dump(job, proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
         proc.stdin.close()
@@ -259,10 +260,10 @@ def _in_child(job: ParseJob) -> Iterator[tuple]:
             if kind == "done":
                 return
     finally:
-        proc.stdout.close()
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+        proc.stdout.close()
 
 
 def _suspend_indexes(conn, table: str, new_rows: int) -> list[str]:
