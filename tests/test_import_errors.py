@@ -225,3 +225,13 @@ def test_parser_process_ignores_a_metrics_folder_in_the_working_directory(store,
     monkeypatch.chdir(other)
     r = import_file(store, write("ok.csv", csv(*GOOD)), parallel=True)
     assert r.rows_new == 3
+
+
+def test_reimport_leaves_identical_rows_alone_and_updates_changed_ones(store, write):
+    first = import_file(store, write("a.csv", csv(*GOOD)))
+    changed = GOOD[2].replace(",failed,", ",delivered,")
+    second = import_file(store, write("b.csv", csv(GOOD[0], GOOD[1], changed)))
+    assert (second.rows_new, second.rows_existing) == (0, 3)
+    assert rows(store, "SELECT message_key, status, import_id FROM messages ORDER BY 1") == [
+        ("SM1", "delivered", first.import_id), ("SM2", "delivered", first.import_id),
+        ("SM3", "delivered", second.import_id)]

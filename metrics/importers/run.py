@@ -64,22 +64,22 @@ class ImportResult:
         return line
 
 
+def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
+    """Insert a row, or update the stored one when the file's copy differs (the later
+    copy wins; identical rows are left alone, so re-importing an export rewrites nothing)."""
+    data = [c for c in columns if c not in key and c != "import_id"]
+    stored = ", ".join(f"{table}.{c}" for c in data)
+    incoming = ", ".join(f"excluded.{c}" for c in data)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
+            f"ON CONFLICT({', '.join(key)}) DO UPDATE SET "
+            + ", ".join(f"{c} = excluded.{c}" for c in data + ["import_id"])
+            + f" WHERE ({stored}) IS NOT ({incoming})")
+
+
 _SQL = {
-    "message": (
-        f"INSERT INTO messages ({', '.join(MESSAGE_COLUMNS)}) VALUES "
-        f"({', '.join('?' * len(MESSAGE_COLUMNS))}) ON CONFLICT(message_key) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in MESSAGE_COLUMNS[1:])
-    ),
-    "call": (
-        f"INSERT INTO calls ({', '.join(CALL_COLUMNS)}) VALUES "
-        f"({', '.join('?' * len(CALL_COLUMNS))}) ON CONFLICT(call_key) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in CALL_COLUMNS[1:])
-    ),
-    "daily": (
-        f"INSERT INTO daily ({', '.join(DAILY_COLUMNS)}) VALUES "
-        f"({', '.join('?' * len(DAILY_COLUMNS))}) ON CONFLICT(campaign_id, date, channel) DO UPDATE SET "
-        + ", ".join(f"{c} = excluded.{c}" for c in DAILY_COLUMNS[3:])
-    ),
+    "message": _upsert("messages", MESSAGE_COLUMNS, ("message_key",)),
+    "call": _upsert("calls", CALL_COLUMNS, ("call_key",)),
+    "daily": _upsert("daily", DAILY_COLUMNS, ("campaign_id", "date", "channel")),
 }
 _TABLE = {"message": "messages", "call": "calls", "daily": "daily"}
 
