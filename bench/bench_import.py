@@ -6,8 +6,9 @@
 For each size it generates the file once with the project's demo generator (cached in
 bench/out/), imports it with ``sqlite3 DB ".import --csv FILE t"`` into an empty database
 (the floor: no parsing, no checks, no hashing), then with ``kpibot import`` into an empty
-database, each in a fresh subprocess so peak memory (ru_maxrss) is per run: "peak MB" is
-the importing process, "parser MB" the parser process it starts for large files. Each timing
+database, each in a fresh subprocess so peak memory is per run: "peak MB" is the
+importing process's VmHWM, "parser MB" that of the parser process it starts for large
+files (sampled every 20 ms from /proc while it runs). Each timing
 is the median of --repeat runs. A final row re-imports the largest file into its own
 database to time the idempotent path (every row already present).
 """
@@ -29,21 +30,48 @@ ROOT = HERE.parent
 OUT = HERE / "out"
 
 CHILD = r"""
-import json, resource, sys, time
+import json, subprocess, sys, threading, time
 sys.path.insert(0, {root!r})
 from metrics.store import Store
 from metrics.importers import import_file
+import metrics.importers.run as run
+
+def hwm_mb(pid="self"):
+    # VmHWM: this process's peak resident memory (unlike ru_maxrss, not inflated by the
+    # parent's memory when a child is forked before it execs)
+    try:
+        with open(f"/proc/{{pid}}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+
+parser_peak = [0.0]
+
+class Watched(subprocess.Popen):
+    def __init__(self, *a, **k):
+        super().__init__(*a, **k)
+        def watch():
+            while self.poll() is None:
+                v = hwm_mb(self.pid)
+                if v:
+                    parser_peak[0] = max(parser_peak[0], v)
+                time.sleep(0.02)
+        threading.Thread(target=watch, daemon=True).start()
+
+run.subprocess.Popen = Watched
 db, path, repeat_db = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 store = Store(db)
 store.hash_key()
 if repeat_db:
     import_file(store, path)
+parser_peak[0] = 0.0
 t = time.perf_counter()
 r = import_file(store, path)
 elapsed = time.perf_counter() - t
 print(json.dumps({{"seconds": elapsed, "rows_in": r.rows_in, "rows_new": r.rows_new,
-                  "maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "parser_maxrss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
+                  "maxrss_mb": hwm_mb(), "parser_maxrss_mb": parser_peak[0]}}))
 """
 
 

@@ -19,7 +19,7 @@ from phonenumbers.phonenumberutil import COUNTRY_CODE_TO_REGION_CODE, REGION_COD
 
 _STRIP = re.compile(r"[\s\-().\u00a0/]")
 _SCHEME = re.compile(r"^[a-z]+:", re.I)   # whatsapp:+1..., tel:+1..., sms:...
-_CACHE_LIMIT = 300_000   # about 70 MB: a campaign's whole audience, typically
+_CACHE_LIMIT = 200_000   # about 45 MB in the parser process
 
 
 class BadPhoneNumber(ValueError):
