@@ -235,3 +235,18 @@ def test_reimport_leaves_identical_rows_alone_and_updates_changed_ones(store, wr
     assert rows(store, "SELECT message_key, status, import_id FROM messages ORDER BY 1") == [
         ("SM1", "delivered", first.import_id), ("SM2", "delivered", first.import_id),
         ("SM3", "delivered", second.import_id)]
+
+
+def test_bulk_load_rebuilds_the_time_index_and_a_rejection_keeps_it(store, write, monkeypatch):
+    import metrics.importers.run as run
+    monkeypatch.setattr(run, "SUSPEND_INDEX_ROWS", 1)
+    index_sql = "SELECT sql FROM sqlite_schema WHERE name = 'messages_campaign_time'"
+    want = one(store, index_sql)
+    bad = write("bad.csv", csv(GOOD[0], GOOD[1].replace("delivered", "lost")))
+    rejected(store, bad)
+    assert one(store, index_sql) == want
+    r = import_file(store, write("ok.csv", csv(*GOOD)))
+    assert r.rows_new == 3 and one(store, index_sql) == want
+    plan = rows(store, "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM messages "
+                       "WHERE campaign_id = 1 AND sent_at > 0")
+    assert "messages_campaign_time" in str(plan)

@@ -169,9 +169,7 @@ def import_file(
                 next_campaign_id=next_id, skip_bad_rows=skip_bad_rows,
                 senders=dict(mapping.senders) if mapping else {})
             max_before = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
-            count_before = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] \
-                if fmt.kind == "daily" else 0
-            rebuild = _suspend_indexes(conn, table, src.estimated_rows())
+            rebuild = _suspend_indexes(conn, table, src.estimated_rows(), max_before)
             errors = result.errors
             for message in (_in_child(job) if parallel else parse(job)):
                 kind = message[0]
@@ -187,7 +185,7 @@ def import_file(
                     store.put_campaign(conn, cid, name, channel, new=new)
                 else:
                     _, rows_in, total_errors, attributes, invalid, touched, ignored = message
-            if ignored and fmt.name not in ("twilio-messages", "twilio-calls"):
+            if ignored and not fmt.twilio:   # Twilio's AccountSid, ApiVersion: not wanted
                 result.warnings.append("columns not imported: " + ", ".join(ignored))
             if rows_in == 0:
                 raise ImportRejected("the file has a header but no data rows", file=src.name)
@@ -205,11 +203,9 @@ def import_file(
                 conn.executemany(
                     "INSERT OR IGNORE INTO attribute_names(campaign_id, kind, name) VALUES (?, ?, ?)",
                     [(cid, fmt.kind, n) for cid, n in attributes])
-            if fmt.kind == "daily":
-                new = conn.execute("SELECT COUNT(*) FROM daily").fetchone()[0] - count_before
-            else:
-                new = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE rowid > ?",
-                                   (max_before,)).fetchone()[0]
+            # an updated row keeps its rowid, so the rows past the old maximum are the new ones
+            new = conn.execute(f"SELECT COUNT(*) FROM {table} WHERE rowid > ?",
+                               (max_before,)).fetchone()[0]
             result.rows_in, result.rows_new, result.rows_rejected = rows_in, new, total_errors
             result.import_id = import_id
             result.campaigns = touched
@@ -266,17 +262,14 @@ def _in_child(job: ParseJob) -> Iterator[tuple]:
         proc.stdout.close()
 
 
-def _suspend_indexes(conn, table: str, new_rows: int) -> list[str]:
+def _suspend_indexes(conn, table: str, new_rows: int, existing: int) -> list[str]:
     """For a bulk load, drop the table's time index and return the SQL that rebuilds it.
 
     Rows arrive in no particular time order, so keeping a (campaign, time) index up to
     date means a random B-tree insert per row; building it once at the end is a sort,
     several times cheaper when the file is large next to the table. It happens inside the
     import's transaction, so other connections never see the table without it."""
-    if new_rows < SUSPEND_INDEX_ROWS:
-        return []
-    existing = conn.execute(f"SELECT MAX(rowid) FROM {table}").fetchone()[0] or 0
-    if new_rows * 4 < existing:
+    if new_rows < SUSPEND_INDEX_ROWS or new_rows * 4 < existing:
         return []
     found = conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND "
                          "tbl_name = ? AND name LIKE '%campaign_time'", (table,)).fetchall()
