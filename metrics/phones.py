@@ -40,13 +40,17 @@ class PhoneHasher:
     """Turns raw numbers into :class:`Phone`; caches are bounded so memory stays flat."""
 
     def __init__(self, key: bytes, default_region: str = "US"):
-        self._key = hashlib.blake2b(key, digest_size=32).digest()  # blake2b keys are <= 64 bytes
+        # blake2b keys are <= 64 bytes; copying a keyed state skips re-keying per number
+        self._keyed = hashlib.blake2b(key=hashlib.blake2b(key, digest_size=32).digest(),
+                                      digest_size=16)
         self.default_region = default_region
         self._raw_cache: dict[str, Phone] = {}
         self.invalid = 0
 
     def hash_e164(self, e164: str) -> bytes:
-        return hashlib.blake2b(e164.encode(), key=self._key, digest_size=16).digest()
+        h = self._keyed.copy()
+        h.update(e164.encode())
+        return h.digest()
 
     def __call__(self, raw: str) -> Phone | None:
         """Parse ``raw`` (E.164 or national in the default region); None when blank;

@@ -250,3 +250,21 @@ def test_bulk_load_rebuilds_the_time_index_and_a_rejection_keeps_it(store, write
     plan = rows(store, "EXPLAIN QUERY PLAN SELECT COUNT(*) FROM messages "
                        "WHERE campaign_id = 1 AND sent_at > 0")
     assert "messages_campaign_time" in str(plan)
+
+
+def test_an_oversized_value_spread_over_many_lines(store, write):
+    big = "word\n" * 20_000          # 100,000 characters, no line longer than 5
+    p = write("multi.csv", csv(GOOD[0], f'spring-sale,SM2,2026-03-01T09:01:00Z,+14155550133,delivered,outbound,"{big}"', GOOD[2]))
+    msg = rejected(store, p)
+    assert "line 3, column 'clicked': value is 100,000 characters long" in msg
+    r = import_file(store, p, skip_bad_rows=True)
+    assert (r.rows_new, r.rows_rejected) == (2, 1)
+    assert r.errors[0].line == 3
+
+
+def test_foreign_keys_are_back_on_after_any_import(store, write):
+    import_file(store, write("ok.csv", csv(*GOOD)))
+    assert one(store, "PRAGMA foreign_keys")[0] == 1
+    rejected(store, write("bad.csv", csv(GOOD[1].replace("delivered", "lost"))))
+    assert one(store, "PRAGMA foreign_keys")[0] == 1
+    assert rows(store, "PRAGMA foreign_key_check") == []

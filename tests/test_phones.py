@@ -120,3 +120,10 @@ def test_not_phone_numbers(hasher, raw):
 
 def test_blank_is_no_number(hasher):
     assert hasher("") is None and hasher("   ") is None
+
+
+def test_the_hash_is_keyed_blake2b_of_the_e164_form():
+    import hashlib
+    key = hashlib.blake2b(b"test key", digest_size=32).digest()
+    want = hashlib.blake2b(b"+14155550132", key=key, digest_size=16).digest()
+    assert PhoneHasher(b"test key")("(415) 555-0132").hash == want
