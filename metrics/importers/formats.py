@@ -240,9 +240,6 @@ class _Fields:
                  vmaps: dict[str, tuple[str, dict[str, str]]], labels: dict[str, str]):
         self.index, self.consts, self.vmaps, self.labels = index, consts, vmaps, labels
 
-    def has(self, name: str) -> bool:
-        return name in self.index or name in self.consts
-
     def get(self, name: str) -> Callable[[list[str]], str]:
         i = self.index.get(name)
         const = self.consts.get(name)
