@@ -2,6 +2,9 @@
 
     kpibot demo                      # a demo data set in ./kpibot.db
     kpibot import FILE... [--format F] [--campaign NAME] [--map MAP.toml] [--skip-bad-rows]
+    kpibot ask "/kpi black-friday 7d by country" [--json] [--chart PNG]
+    kpibot kpi CAMPAIGN [--since P] [--until D] [--by DIM] [--json] [--chart PNG]
+    kpibot list
 """
 from __future__ import annotations
 
@@ -151,52 +154,105 @@ def demo(messages: int, calls: int, seed: int, db: str | None) -> None:
         store.set_goal(ids[name_key(camp.name)], camp.goal)
     click.echo()
     click.echo(campaign_table(store))
+    first = SMS_CAMPAIGNS[0].name
+    chart = Path("kpibot-demo-chart.png")
+    click.echo(f"\nThe card of {first} (`kpibot ask \"/kpi {first}\"`), chart in {chart}:\n")
     store.close()
+    _answer(f'"{first}"', db, False, chart, None)
 
 
 def campaign_table(store) -> str:
-    """Every campaign with its channel, volume and dates, as aligned text."""
-    from metrics.times import zone
-    tz = zone(store.timezone())
-    rows = store.conn.execute(
-        """
-        SELECT c.name, c.channel, COALESCE(c.goal, ''),
-               COALESCE(m.n, 0) + COALESCE(k.n, 0),
-               MIN(COALESCE(m.first, k.first), COALESCE(k.first, m.first)),
-               MAX(COALESCE(m.last, k.last), COALESCE(k.last, m.last))
-        FROM campaigns c
-        LEFT JOIN (SELECT campaign_id, COUNT(*) n, MIN(sent_at) first, MAX(sent_at) last
-                   FROM messages WHERE direction = 'outbound' GROUP BY campaign_id) m
-               ON m.campaign_id = c.id
-        LEFT JOIN (SELECT campaign_id, COUNT(*) n, MIN(started_at) first, MAX(started_at) last
-                   FROM calls GROUP BY campaign_id) k ON k.campaign_id = c.id
-        ORDER BY c.name_key
-        """).fetchall()
-    if not rows:
-        return "No campaigns yet: import a file with `kpibot import FILE`."
+    """Every campaign with its channel, goal, volume and dates, as aligned text."""
+    from metrics import engine
 
-    def day(ts):
-        return dt.datetime.fromtimestamp(ts, tz).date().isoformat() if ts is not None else "—"
-
-    table = [("campaign", "channel", "goal", "volume", "from", "to")]
-    table += [(n, ch or "", g, f"{v:,}", day(a), day(b)) for n, ch, g, v, a, b in rows]
-    widths = [max(_width(r[i]) for r in table) for i in range(len(table[0]))]
-    out = []
-    for r in table:
-        cells = [_pad(c, w, right=(i == 3)) for i, (c, w) in enumerate(zip(r, widths))]
-        out.append("  ".join(cells).rstrip())
-    return "\n".join(out)
+    from .text import campaign_list
+    return campaign_list(engine.campaigns(store))
 
 
-def _width(s: str) -> int:
-    """Display width: East Asian wide characters take two columns."""
-    import unicodedata
-    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in s)
+def _answer(text_in: str, db: str | None, as_json: bool, chart: Path | None,
+            chart_dir: Path | None) -> None:
+    """Run one /kpi command and print what Slack would show (or its JSON)."""
+    import json
+
+    from .command import Context, run
+    store = _store(db)
+    try:
+        reply = run(text_in, Context(store))
+        if as_json:
+            click.echo(json.dumps(reply.data, ensure_ascii=False, indent=2, default=str))
+        else:
+            click.echo(reply.text)
+        if reply.ok and (chart or chart_dir):
+            charts = reply.charts()
+            for i, (name, png) in enumerate(charts):
+                if chart and i == 0:
+                    path = chart
+                elif chart_dir:
+                    path = chart_dir / f"{name}.png"
+                else:
+                    continue
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(png)
+                click.echo(f"chart: {path}", err=True)
+        if not reply.ok:
+            sys.exit(2)
+    finally:
+        store.close()
 
 
-def _pad(s: str, width: int, right: bool = False) -> str:
-    fill = " " * (width - _width(s))
-    return fill + s if right else s + fill
+chart_options = [
+    click.option("--json", "as_json", is_flag=True, help="Print the structured result instead."),
+    click.option("--chart", type=click.Path(dir_okay=False, path_type=Path), metavar="PNG",
+                 help="Write the main chart to this PNG file."),
+    click.option("--chart-dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+                 help="Write every chart of the answer into this folder."),
+]
+
+
+def _with_chart_options(f):
+    for opt in reversed(chart_options):
+        f = opt(f)
+    return f
+
+
+@main.command()
+@click.argument("text_in", metavar='"/kpi ..."')
+@_with_chart_options
+@db_option
+def ask(text_in: str, as_json: bool, chart: Path | None, chart_dir: Path | None,
+        db: str | None) -> None:
+    """Answer a /kpi command exactly as Slack would (text, or --json)."""
+    _answer(text_in, db, as_json, chart, chart_dir)
+
+
+@main.command()
+@click.argument("campaign")
+@click.option("--since", metavar="PERIOD", help="7d, 30d, 24h, today, this-week, last-week, "
+              "a month (2026-10) or a date.")
+@click.option("--until", metavar="DATE", help="Last day of a date range (with --since DATE).")
+@click.option("--by", metavar="DIMENSION", help="day, week, hour, weekday, segment, variant, "
+              "country, status, error, disposition or an attribute column.")
+@_with_chart_options
+@db_option
+def kpi(campaign: str, since: str | None, until: str | None, by: str | None, as_json: bool,
+        chart: Path | None, chart_dir: Path | None, db: str | None) -> None:
+    """The KPI card of one campaign."""
+    parts = ['"' + campaign.replace('"', "") + '"']
+    if since:
+        parts.append(since)
+    if until:
+        parts.append(until)
+    if by:
+        parts += ["by", by]
+    _answer(" ".join(parts), db, as_json, chart, chart_dir)
+
+
+@main.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
+@db_option
+def list_cmd(as_json: bool, db: str | None) -> None:
+    """Every campaign with channel, goal, dates and volume."""
+    _answer("list", db, as_json, None, None)
 
 
 if __name__ == "__main__":

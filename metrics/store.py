@@ -152,6 +152,46 @@ def m001_core(db: sqlite_utils.Database) -> None:
     )
 
 
+
+@migrations()
+def m002_rollups(db: sqlite_utils.Database) -> None:
+    """Rollup tables for fast answers (filled by ``metrics.rollup``), the triggers that
+    mark slots dirty when events change, and the index reach is counted from."""
+    from .rollup import KINDS, rebuild, slot_sql
+    for kind in KINDS.values():
+        counters = ",\n            ".join(f"{c} {'REAL' if c == 'talk_seconds' else 'INTEGER'} "
+                                          "NOT NULL" for c in kind.counters)
+        db.executescript(f"""
+        CREATE TABLE {kind.rollup} (
+            campaign_id INTEGER NOT NULL,
+            dim TEXT NOT NULL,          -- '' for the campaign total, else a dimension name
+            slot INTEGER NOT NULL,      -- UTC unix seconds, start of a 15-minute slot
+            key TEXT NOT NULL,          -- the dimension's value, '' when missing
+            {counters},
+            PRIMARY KEY (campaign_id, dim, slot, key)
+        ) WITHOUT ROWID;
+        """)
+    db.executescript(
+        """
+        CREATE TABLE rollup_dirty (
+            kind TEXT NOT NULL,
+            campaign_id INTEGER NOT NULL,
+            slot INTEGER NOT NULL,
+            PRIMARY KEY (kind, campaign_id, slot)
+        ) WITHOUT ROWID;
+        -- Distinct recipients reached, read in recipient order without a sort.
+        CREATE INDEX messages_reach ON messages(campaign_id, recipient, sent_at)
+            WHERE direction = 'outbound' AND status = 'delivered' AND recipient IS NOT NULL;
+        """)
+    for kind in KINDS.values():
+        for event, rows in (("UPDATE", ("old", "new")), ("DELETE", ("old",))):
+            values = ", ".join(f"('{kind.name}', {r}.campaign_id, {slot_sql(r + '.' + kind.time)})"
+                               for r in rows)
+            db.execute(f"CREATE TRIGGER {kind.table}_rollup_{event.lower()} AFTER {event} ON "
+                       f"{kind.table} BEGIN INSERT INTO rollup_dirty VALUES {values} "
+                       "ON CONFLICT DO NOTHING; END")
+    rebuild(db.conn)
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 

@@ -36,3 +36,25 @@ def test_bank_marketing_reimport_counts_once(store):
     again = import_file(store, BANK, mapping=MAPPING)
     assert (again.rows_new, again.rows_existing) == (0, 45_211)
     assert one(store, "SELECT COUNT(*) FROM calls")[0] == 45_211
+
+
+def test_bank_conversion_rate_by_contact_and_by_month(store):
+    """Subscriptions / answered calls per group, counted by hand with awk over bank-full.csv
+    (every call in the file reached the client, so answered = calls)."""
+    from metrics import engine
+    import_file(store, BANK, mapping=MAPPING)
+    rep = engine.report(store, "bank-2008")
+    m = rep.current["call"].metrics
+    assert (m["conversion_rate"].numerator, m["conversion_rate"].denominator) == (5_289, 45_211)
+    assert m["avg_call_duration"].value == pytest.approx(11_671_811 / 45_211)
+
+    def rates(by):
+        return {k: (s["call"].metrics["conversion_rate"].numerator,
+                    s["call"].metrics["conversion_rate"].denominator)
+                for k, s in engine.report(store, "bank-2008", by=by).breakdown}
+    assert rates("contact") == {"cellular": (4_369, 29_285), "unknown": (530, 13_020),
+                                "telephone": (390, 2_906)}
+    months = rates("month")
+    assert months["may"] == (925, 13_766) and months["mar"] == (248, 477)
+    assert months["oct"] == (323, 738) and months["dec"] == (100, 214)
+    assert sum(n for n, _ in months.values()) == 5_289 and len(months) == 12

@@ -47,10 +47,14 @@ def test_contradictory_flags(tmp_path):
     assert r.exit_code == 2 and "contradict" in r.output
 
 
-def test_demo_fills_the_database_and_lists_campaigns(tmp_path):
+def test_demo_fills_the_database_and_lists_campaigns(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     db = tmp_path / "demo.db"
     r = CliRunner().invoke(main, ["demo", "--messages", "3000", "--calls", "600", "--db", str(db)])
     assert r.exit_code == 0, r.output
+    # it ends with a campaign's card and writes its chart
+    assert "spring-sale · SMS · goal: sales" in r.output and "★ Revenue" in r.output
+    assert (tmp_path / "kpibot-demo-chart.png").stat().st_size > 10_000
     assert "imported 3,000 new rows (events)" in r.output
     assert "imported 600 new rows (calls)" in r.output
     for name in ("spring-sale", "весенняя-акция", "春の新商品", "renewals-q4"):

@@ -11,6 +11,7 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ..rollup import KINDS, Rollup
 from ..errors import ImportRejected, KpiBotError, MappingError, RowError
 from ..store import Store, iso, utcnow
 from ..times import zone
@@ -208,6 +209,10 @@ def import_file(
                 conn.execute(sql_create)
             if fmt.kind == "message":
                 attribute_replies(conn, reply_window_s)
+            if fmt.kind in KINDS:
+                rollup = Rollup(conn, fmt.kind)
+                rollup.add_new_rows(max_before)
+                rollup.finish()
             if attributes:
                 conn.executemany(
                     "INSERT OR IGNORE INTO attribute_names(campaign_id, kind, name) VALUES (?, ?, ?)",
@@ -283,7 +288,8 @@ def _check_references(rows: list[tuple], campaign_of: Callable, campaign_ids: se
 
 
 def _suspend_indexes(conn, table: str, new_rows: int, existing: int) -> list[str]:
-    """For a bulk load, drop the table's time index and return the SQL that rebuilds it.
+    """For a bulk load, drop the table's time and reach indexes and return the SQL that
+    rebuilds them.
 
     Rows arrive in no particular time order, so keeping a (campaign, time) index up to
     date means a random B-tree insert per row; building it once at the end is a sort,
@@ -292,7 +298,7 @@ def _suspend_indexes(conn, table: str, new_rows: int, existing: int) -> list[str
     if new_rows < SUSPEND_INDEX_ROWS or new_rows * 4 < existing:
         return []
     found = conn.execute("SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND "
-                         "tbl_name = ? AND name LIKE '%campaign_time'", (table,)).fetchall()
+                         "tbl_name = ? AND (name LIKE '%campaign_time' OR name LIKE '%reach')", (table,)).fetchall()
     for name, _ in found:
         conn.execute(f"DROP INDEX {name}")
     return [sql for _, sql in found]

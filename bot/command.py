@@ -1,0 +1,256 @@
+"""The `/kpi` command core: one parser for the command text, a dispatch table of
+subcommands, and domain errors turned into helpful replies. Slack (``bot.app``) and the
+CLI (``kpibot ask``) both call :func:`run`; neither knows how a subcommand works.
+"""
+from __future__ import annotations
+
+import difflib
+import html
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from metrics import engine, kpis
+from metrics.errors import KpiBotError, UnknownCampaign
+from metrics.periods import is_period, resolve
+from metrics.store import GOALS, Store
+from metrics.times import zone
+
+from . import text
+
+USAGE = {
+    "help": "/kpi help",
+    "list": "/kpi list",
+    "card": "/kpi <campaign> [since] [until] [by <dimension>]",
+    "goal": "/kpi goal <campaign> <" + ", ".join(GOALS) + ">",
+    "northstar": "/kpi northstar <metric>",
+    "compare": "/kpi compare <campaign-a> <campaign-b>",
+    "ab": "/kpi ab <campaign> [metric]",
+    "top": "/kpi top <metric> [since]",
+    "alert": "/kpi alert add|list|remove|snooze ...",
+    "digest": "/kpi digest add|list|remove|preview ...",
+}
+NOT_YET = ("compare", "ab", "top", "alert", "digest")   # in the contract, not built yet
+STATE_CHANGING = ("goal", "northstar", "alert", "digest", "import")
+EXAMPLES = ["/kpi list", "/kpi black-friday", "/kpi black-friday 7d",
+            "/kpi \"spring sale\" 2026-10-01 2026-10-31 by country",
+            "/kpi renewals-q4 last-week by disposition", "/kpi goal black-friday sales"]
+
+
+class UsageError(KpiBotError):
+    def __init__(self, message: str, usage: str | None = None):
+        self.usage = usage
+        super().__init__(message)
+
+
+@dataclass
+class Token:
+    text: str
+    quoted: bool = False
+    kind: str = "word"      # word, channel, user, group
+
+
+@dataclass
+class Context:
+    store: Store
+    now: int | None = None
+    user: str | None = None
+    is_admin: bool = True      # the CLI user owns the database; Slack decides per user
+
+    def now_ts(self) -> int:
+        return self.now if self.now is not None else int(time.time())
+
+
+@dataclass
+class Reply:
+    """What a subcommand answers: text for people, data for scripts, charts to attach."""
+
+    text: str
+    data: dict
+    ok: bool = True
+    report: engine.Report | None = None
+    charts: Callable[[], list[tuple[str, bytes]]] = field(default=lambda: [])
+
+
+_QUOTES = {"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u00ab": '"',
+           "\u00bb": '"', "\u201e": '"'}
+_ESCAPE = re.compile(r"<([#@!])([^>|]*)(?:\|([^>]*))?>")
+
+
+def tokenize(raw: str) -> list[Token]:
+    """Split command text into tokens: "quoted words" stay together (typographic quotes
+    too, as phones type them), Slack's escapes become channel/user/group tokens, and
+    ``&amp;`` style entities are decoded."""
+    s = (raw or "").strip()
+    for q, plain in _QUOTES.items():
+        s = s.replace(q, plain)
+    tokens: list[Token] = []
+    i, n = 0, len(s)
+    while i < n:
+        ch = s[i]
+        if ch.isspace():
+            i += 1
+            continue
+        if ch in "\"'":
+            j = s.find(ch, i + 1)
+            if j < 0:
+                raise UsageError(f"unclosed quote: {s[i:i + 40]}")
+            tokens.append(Token(html.unescape(s[i + 1:j]).strip(), quoted=True))
+            i = j + 1
+            continue
+        m = _ESCAPE.match(s, i)
+        if m:
+            sigil, ident, label = m.groups()
+            if sigil == "#":
+                tokens.append(Token(ident, kind="channel"))
+            elif sigil == "@":
+                tokens.append(Token(ident, kind="user"))
+            else:   # <!subteam^S123|@group>, <!here>
+                tokens.append(Token(ident.split("^")[-1], kind="group"))
+            i = m.end()
+            continue
+        j = i
+        while j < n and not s[j].isspace():
+            j += 1
+        tokens.append(Token(html.unescape(s[i:j])))
+        i = j
+    if tokens and tokens[0].text.lower() == "/kpi" and not tokens[0].quoted:
+        tokens = tokens[1:]
+    return tokens
+
+
+# -- subcommands ------------------------------------------------------------------------------
+
+def cmd_help(ctx: Context, args: list[Token]) -> Reply:
+    return Reply(text.help_text(USAGE, EXAMPLES, NOT_YET),
+                 {"commands": USAGE, "examples": EXAMPLES, "not_available_yet": list(NOT_YET)})
+
+
+def cmd_list(ctx: Context, args: list[Token]) -> Reply:
+    rows = engine.campaigns(ctx.store)
+    return Reply(text.campaign_list(rows), {"campaigns": rows})
+
+
+def cmd_goal(ctx: Context, args: list[Token]) -> Reply:
+    _admin(ctx, "goal")
+    if len(args) < 2:
+        raise UsageError("which campaign, and which goal?", USAGE["goal"])
+    goal = args[-1].text.lower()
+    if goal not in GOALS:
+        close = difflib.get_close_matches(goal, GOALS, n=1)
+        raise UsageError(f"'{args[-1].text}' is not a goal" +
+                         (f" (did you mean {close[0]}?)" if close else ""), USAGE["goal"])
+    camp = engine.find_campaign(ctx.store, " ".join(t.text for t in args[:-1]))
+    ctx.store.set_goal(camp.id, goal)
+    lead = ", ".join(k.label for k in kpis.headline(camp.channels[0], goal))
+    return Reply(f"Goal of {camp.name} is now {goal}: its card leads with {lead}.",
+                 {"campaign": camp.name, "goal": goal})
+
+
+def cmd_northstar(ctx: Context, args: list[Token]) -> Reply:
+    _admin(ctx, "northstar")
+    if len(args) != 1:
+        raise UsageError("which metric?", USAGE["northstar"])
+    metric = _metric(args[0].text)
+    ctx.store.set_setting("northstar", metric)
+    return Reply(f"The team's north-star metric is now {metric}; digests will show it first.",
+                 {"northstar": metric})
+
+
+def cmd_card(ctx: Context, args: list[Token]) -> Reply:
+    name_parts: list[str] = []
+    rest = list(args)
+    while rest and not (not rest[0].quoted and (is_period(rest[0].text)
+                                                 or rest[0].text.lower() == "by")):
+        name_parts.append(rest.pop(0).text)
+    if not name_parts:
+        raise UsageError("which campaign?", USAGE["card"])
+    periods, by = [], None
+    while rest:
+        t = rest.pop(0)
+        if t.text.lower() == "by" and not t.quoted:
+            if not rest:
+                raise UsageError("'by' needs a dimension, e.g. by day, by country", USAGE["card"])
+            by = rest.pop(0).text
+            if rest:
+                raise UsageError(f"unexpected '{rest[0].text}' after 'by {by}'", USAGE["card"])
+        elif is_period(t.text) and len(periods) < 2:
+            periods.append(t.text)
+        else:
+            raise UsageError(f"'{t.text}' is not a period or 'by <dimension>'", USAGE["card"])
+    try:
+        camp = engine.find_campaign(ctx.store, " ".join(name_parts))
+    except UnknownCampaign:
+        # "/kpi spring-sale 7x": the name is a campaign, the rest is what is wrong
+        for i in range(len(name_parts) - 1, 0, -1):
+            try:
+                engine.find_campaign(ctx.store, " ".join(name_parts[:i]))
+            except UnknownCampaign:
+                continue
+            raise UsageError(f"'{name_parts[i]}' is not a period or 'by <dimension>'",
+                             USAGE["card"]) from None
+        raise
+    tz = zone(ctx.store.timezone())
+    period = resolve(periods[0], periods[1] if len(periods) > 1 else None, ctx.now_ts(), tz) \
+        if periods else None
+    rep = engine.report(ctx.store, camp, period, by, now=ctx.now_ts())
+
+    def charts() -> list[tuple[str, bytes]]:
+        from metrics import charts as ch
+        return ch.for_report(rep)
+    return Reply(text.card(rep), text.card_json(rep), report=rep, charts=charts)
+
+
+def _not_yet(name: str) -> Callable:
+    def handler(ctx: Context, args: list[Token]) -> Reply:
+        raise UsageError(f"`/kpi {name}` is part of the plan but not available in this "
+                         "version yet.", USAGE[name])
+    return handler
+
+
+COMMANDS: dict[str, Callable[[Context, list[Token]], Reply]] = {
+    "help": cmd_help,
+    "list": cmd_list,
+    "goal": cmd_goal,
+    "northstar": cmd_northstar,
+    **{name: _not_yet(name) for name in NOT_YET},
+}
+
+
+def _admin(ctx: Context, what: str) -> None:
+    if not ctx.is_admin:
+        raise UsageError(f"only admins can change settings (`/kpi {what}`): ask one of the "
+                         "people listed in KPIBOT_ADMINS.")
+
+
+def _metric(name: str) -> str:
+    names = kpis.all_names()
+    if name.lower() in names:
+        return name.lower()
+    close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
+    raise UsageError(f"no metric called '{name}'." + (
+        f" Did you mean: {', '.join(close)}?" if close else "")
+        + f" Metrics: {', '.join(names)}.")
+
+
+def run(text_in: str, ctx: Context) -> Reply:
+    """Parse and answer one `/kpi` command. Never raises for bad input: a domain error
+    becomes a reply with ``ok=False``, the reason, and the usage line."""
+    try:
+        tokens = tokenize(text_in)
+        if not tokens:
+            return cmd_help(ctx, [])
+        head = tokens[0].text.lower()
+        handler = COMMANDS.get(head) if not tokens[0].quoted else None
+        if handler is not None:
+            return handler(ctx, tokens[1:])
+        return cmd_card(ctx, tokens)
+    except UnknownCampaign as exc:
+        msg = str(exc) + " Type `/kpi list` to see every campaign."
+        return Reply(msg, {"error": msg, "suggestions": exc.suggestions}, ok=False)
+    except UsageError as exc:
+        msg = str(exc) + (f"\nUsage: {exc.usage}" if exc.usage else "")
+        return Reply(msg, {"error": str(exc), "usage": exc.usage}, ok=False)
+    except KpiBotError as exc:
+        return Reply(str(exc), {"error": str(exc)}, ok=False)

@@ -1,0 +1,217 @@
+"""What a person reads: the plain-text form of every reply (the CLI prints it; Slack uses it
+as the fallback beside Block Kit), and the JSON form for scripts."""
+from __future__ import annotations
+
+import datetime as dt
+import unicodedata
+
+from metrics import kpis
+from metrics.engine import Report, Section
+from metrics.times import zone
+
+CHANNEL_NAME = {"sms": "SMS", "call": "Calls"}
+
+
+def width(s: str) -> int:
+    """Display width: East Asian wide characters take two columns."""
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in s)
+
+
+def pad(s: str, w: int, right: bool = False) -> str:
+    fill = " " * max(0, w - width(s))
+    return fill + s if right else s + fill
+
+
+def table(rows: list[tuple], right: set[int] = frozenset()) -> str:
+    widths = [max(width(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(pad(str(c), w, i in right) for i, (c, w) in
+                               enumerate(zip(r, widths))).rstrip() for r in rows)
+
+
+def fmt_value(v: kpis.Value, currency: str | None = None) -> str:
+    if v.value is None:
+        return "n/a"
+    if v.unit == "percent":
+        if abs(v.value) >= 10:
+            return f"{v.value * 100:,.0f}%"
+        return f"{v.value * 100:,.2f}%" if 0 < abs(v.value) < 0.01 else f"{v.value * 100:,.1f}%"
+    if v.unit == "money":
+        return f"{v.value:,.2f}" + (f" {currency}" if currency else "")
+    if v.unit == "seconds":
+        m, s = divmod(round(v.value), 60)
+        return f"{m}:{s:02d} min" if m else f"{s} s"
+    return f"{v.value:,}"
+
+
+def _num(x: float | None, money: bool) -> str:
+    if x is None:
+        return ""
+    return f"{x:,.2f}" if money else f"{x:,}"
+
+
+def fraction(v: kpis.Value) -> str:
+    """'16,822 / 17,855': the numerator and denominator behind a rate."""
+    if v.denominator is None:
+        return ""
+    money_num = v.unit == "money" or v.name == "roi"
+    return f"{_num(v.numerator, money_num)} / {_num(v.denominator, v.name == 'roi')}"
+
+
+def change(now: kpis.Value, before: kpis.Value, good: str | None) -> str:
+    """The change against the previous period: points for rates, percent for the rest."""
+    if now.value is None or before.value is None:
+        return ""
+    diff = now.value - before.value
+    if now.unit == "percent":
+        if abs(diff) < 0.0005:
+            return "= same"
+        text = f"{diff * 100:+.1f} pts"
+    else:
+        if before.value == 0:
+            return "new" if now.value else "= same"
+        rel = diff / abs(before.value)
+        if abs(rel) < 0.0005:
+            return "= same"
+        text = f"{rel * 100:+.1f}%" if abs(rel) < 0.1 else f"{rel * 100:+.0f}%"
+    arrow = "▲" if diff > 0 else "▼"
+    if good is not None:
+        better = (diff > 0) == (good == "up")
+        return f"{arrow} {text} ({'better' if better else 'worse'})"
+    return f"{arrow} {text}"
+
+
+def _currency(sec: Section) -> str | None:
+    if len(sec.currencies) == 1:
+        return sec.currencies[0]
+    return "mixed currencies" if sec.currencies else None
+
+
+def _shown(rep: Report, channel: str) -> list[kpis.Kpi]:
+    """The channel's KPIs in goal order, without those that cannot apply (no list data)."""
+    sec = rep.current[channel]
+    out = []
+    for k in kpis.ordered(channel, rep.campaign.goal):
+        v = sec.metrics[k.name]
+        if v.value is None and k.name in ("list_growth_rate", "cost_per_subscriber") \
+                and not sec.counters.get("list_size_start") and not sec.counters.get("new_subscribers"):
+            continue
+        out.append(k)
+    return out
+
+
+def period_text(rep: Report) -> str:
+    tz = zone(rep.tz)
+    a = dt.datetime.fromtimestamp(rep.period.start, tz)
+    b = dt.datetime.fromtimestamp(rep.period.end - 1, tz)
+    span = f"{a:%Y-%m-%d} – {b:%Y-%m-%d}" if a.date() != b.date() else f"{a:%Y-%m-%d}"
+    if rep.period.seconds < 2 * 86400 and not rep.whole:
+        span = f"{a:%Y-%m-%d %H:%M} – {dt.datetime.fromtimestamp(rep.period.end, tz):%H:%M}"
+    return f"{rep.period.label}, {span} ({rep.tz})"
+
+
+def card(rep: Report) -> str:
+    c = rep.campaign
+    goal = f" · goal: {c.goal}" if c.goal else ""
+    lines = [f"{c.name} · {' + '.join(CHANNEL_NAME[ch] for ch in rep.channels)}{goal}",
+             period_text(rep)]
+    if rep.previous:
+        lines.append(f"compared with {rep.previous_period.label}")
+    for ch in rep.channels:
+        sec = rep.current[ch]
+        cur = _currency(sec)
+        rows = []
+        heads = {k.name for k in rep.headline(ch)}
+        for k in _shown(rep, ch):
+            v = sec.metrics[k.name]
+            row = [("★ " if k.name in heads else "  ") + k.label, fmt_value(v, cur), fraction(v)]
+            if rep.previous:
+                row.append(change(v, rep.previous[ch].metrics[k.name], k.good))
+            rows.append(tuple(row))
+        lines.append("")
+        if len(rep.channels) > 1:
+            lines.append(CHANNEL_NAME[ch])
+        if sec.volume == 0 and not any(sec.counters.values()):
+            lines.append("  no activity in this period")
+            continue
+        lines.append(table(rows, right={1}))
+        if sec.dispositions:
+            lines.append("")
+            lines.append("Dispositions: " + ", ".join(
+                f"{name} {n:,} ({share * 100:.0f}%)" for name, n, share in sec.dispositions[:8]))
+    if rep.dim:
+        lines.append("")
+        lines.append(f"By {rep.dim}:")
+        ch = rep.channels[0]
+        heads = [k for k in rep.headline(ch)][:2]
+        vol = "sent" if ch == "sms" else "dialed"
+        rows = [(rep.dim, vol) + tuple(k.label for k in heads)]
+        for key, secs in rep.breakdown[:25]:
+            s = secs.get(ch)
+            if s is None:
+                continue
+            rows.append((key, f"{s.counters.get(vol, 0):,}") + tuple(
+                fmt_value(s.metrics[k.name], _currency(rep.current[ch])) for k in heads))
+        lines.append(table(rows, right={1, 2, 3}))
+        if len(rep.breakdown) > 25:
+            lines.append(f"… and {len(rep.breakdown) - 25} more")
+    return "\n".join(lines)
+
+
+def _metrics_json(rep: Report, sections: dict[str, Section]) -> dict:
+    if len(sections) == 1:
+        (sec,) = sections.values()
+        return {n: v.as_json() for n, v in sec.metrics.items()}
+    return {f"{ch}.{n}": v.as_json() for ch, sec in sections.items()
+            for n, v in sec.metrics.items()}
+
+
+def card_json(rep: Report) -> dict:
+    tz = zone(rep.tz)
+    c = rep.campaign
+    out = {
+        "campaign": c.name, "channel": c.channel, "goal": c.goal,
+        "period": {**rep.period.iso(tz), "label": rep.period.label, "timezone": rep.tz},
+        "currency": {ch: _currency(sec) for ch, sec in rep.current.items()},
+        "headline": {ch: [k.name for k in rep.headline(ch)] for ch in rep.channels},
+        "metrics": _metrics_json(rep, rep.current),
+        "previous": None,
+    }
+    if rep.previous:
+        out["previous"] = {"period": {**rep.previous_period.iso(tz),
+                                      "label": rep.previous_period.label},
+                           "metrics": _metrics_json(rep, rep.previous)}
+    for ch, sec in rep.current.items():
+        if sec.dispositions:
+            out["dispositions"] = [{"disposition": n, "count": k, "share": s}
+                                   for n, k, s in sec.dispositions]
+    out["trend"] = {"unit": rep.trend_unit, "points": [
+        {rep.trend_unit: label, **{f"{ch}.{k}" if len(rep.channels) > 1 else k: v
+                                   for ch, c_ in cs.items() for k, v in c_.items()}}
+        for label, cs in rep.trend]}
+    if rep.dim:
+        out["breakdown"] = [{rep.dim: key, "metrics": _metrics_json(rep, secs)}
+                            for key, secs in rep.breakdown]
+    return out
+
+
+def campaign_list(rows: list[dict]) -> str:
+    if not rows:
+        return "No campaigns yet: import a file with `kpibot import FILE`."
+    out = [("campaign", "channel", "goal", "volume", "from", "to")]
+    for r in rows:
+        vol = r["sent"] + r["dialed"]
+        out.append((r["campaign"], r["channel"] or "", r["goal"] or "", f"{vol:,}",
+                    r["first"] or "—", r["last"] or "—"))
+    return table(out, right={3})
+
+
+def help_text(usage: dict, examples: list[str], not_yet: tuple) -> str:
+    lines = ["/kpi: campaign KPIs from your SMS and call exports.", ""]
+    lines += [f"  {u}" for n, u in usage.items() if n not in not_yet]
+    lines += ["", "Periods: 7d, 30d, 24h, today, yesterday, this-week, last-week, this-month, "
+              "last-month, 2026-10 (a month), 2026-10-01 (since a date), two dates (a range).",
+              "Dimensions: day, week, hour, weekday, segment, variant, country, status, error, "
+              "disposition, agent, and any imported attribute column.",
+              "", "Examples:"] + [f"  {e}" for e in examples]
+    lines += ["", "Coming later: " + ", ".join(f"/kpi {n}" for n in not_yet) + "."]
+    return "\n".join(lines)

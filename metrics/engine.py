@@ -1,0 +1,427 @@
+"""The KPI engine: counters for a campaign, period and dimension, read in SQL from the
+rollups (whole 15-minute slots), the events (slots a period only partly covers, attribute
+columns, reach) and the daily aggregates; turned into KPIs by ``kpis``.
+
+Everything a `/kpi` answer shows (text, JSON, charts) is built from one :class:`Report`.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from dataclasses import dataclass, field
+
+from . import kpis
+from .errors import KpiBotError, UnknownCampaign
+from .names import name_key
+from .periods import Period
+from .rollup import CALL, KINDS, MESSAGE, SLOT, Kind, slot_sql
+from .store import Store
+from .times import zone
+
+TIME_DIMS = ("day", "week", "hour", "weekday", "weekday_hour")
+EVENT_DIMS = ("segment", "variant", "country", "status", "error", "disposition", "agent",
+              "currency")
+WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+CHANNEL_KIND = {"sms": MESSAGE, "call": CALL}
+
+# daily-aggregate columns -> counters, per channel
+_DAILY = {
+    "sms": {"sent": "sent", "delivered": "delivered", "failed": "failed", "clicks": "clicked",
+            "conversions": "converted", "opt_outs": "opted_out", "replies": "replied",
+            "complaints": "complaints", "cost_micros": "cost_micros",
+            "revenue_micros": "revenue_micros", "new_subscribers": "new_subscribers"},
+    "call": {"calls_dialed": "dialed", "calls_answered": "answered",
+             "calls_abandoned": "abandoned", "talk_seconds": "talk_seconds",
+             "conversions": "converted", "cost_micros": "cost_micros",
+             "revenue_micros": "revenue_micros"},
+}
+DAILY_KEY = "(daily totals)"
+
+
+class BadDimension(KpiBotError):
+    pass
+
+
+@dataclass(frozen=True)
+class Campaign:
+    id: int
+    name: str
+    channel: str | None
+    goal: str | None
+
+    @property
+    def channels(self) -> list[str]:
+        return {"sms": ["sms"], "call": ["call"]}.get(self.channel or "", ["sms", "call"])
+
+
+@dataclass
+class Section:
+    """One channel's figures for one period."""
+
+    channel: str
+    counters: dict
+    metrics: dict[str, kpis.Value]
+    dispositions: list[tuple[str, int, float | None]] = field(default_factory=list)
+    currencies: list[str] = field(default_factory=list)
+
+    @property
+    def volume(self) -> int:
+        return self.counters.get("sent" if self.channel == "sms" else "dialed", 0)
+
+
+@dataclass
+class Report:
+    campaign: Campaign
+    period: Period
+    whole: bool                      # the campaign's whole life (no period asked)
+    tz: str
+    current: dict[str, Section]      # channel -> section
+    previous: dict[str, Section] | None
+    previous_period: Period | None
+    trend_unit: str
+    trend: list[tuple[str, dict[str, dict]]]     # (label, channel -> counters), in order
+    dim: str | None = None
+    breakdown: list[tuple[str, dict[str, Section]]] = field(default_factory=list)
+
+    @property
+    def channels(self) -> list[str]:
+        return list(self.current)
+
+    def headline(self, channel: str) -> list[kpis.Kpi]:
+        return kpis.headline(channel, self.campaign.goal)
+
+
+# -- campaigns -----------------------------------------------------------------------------
+
+def campaigns(store: Store) -> list[dict]:
+    """Every campaign with channel, goal, first and last event, and volume."""
+    out = []
+    for cid, name, channel, goal in store.conn.execute(
+            "SELECT id, name, channel, goal FROM campaigns ORDER BY name_key"):
+        lo, hi, sent, dialed = store.conn.execute(
+            f"""SELECT MIN(lo), MAX(hi), SUM(sent), SUM(dialed) FROM (
+                SELECT MIN(slot) AS lo, MAX(slot) + {SLOT} AS hi, SUM(sent) AS sent, 0 AS dialed
+                FROM message_rollup WHERE campaign_id = ?1 AND dim = ''
+                UNION ALL
+                SELECT MIN(slot), MAX(slot) + {SLOT}, 0, SUM(dialed)
+                FROM call_rollup WHERE campaign_id = ?1 AND dim = '')""", (cid,)).fetchone()
+        d = store.conn.execute("SELECT MIN(date), MAX(date), SUM(COALESCE(sent, 0)), "
+                               "SUM(COALESCE(calls_dialed, 0)) FROM daily WHERE campaign_id = ?",
+                               (cid,)).fetchone()
+        tz = zone(store.timezone())
+        first = _local_date(lo, tz) if lo is not None else None
+        last = _local_date(hi - 1, tz) if hi is not None else None
+        if d[0]:
+            first = min(first, d[0]) if first else d[0]
+            last = max(last, d[1]) if last else d[1]
+        out.append({"campaign": name, "channel": channel, "goal": goal, "first": first,
+                    "last": last, "sent": (sent or 0) + (d[2] or 0),
+                    "dialed": (dialed or 0) + (d[3] or 0)})
+    return out
+
+
+def find_campaign(store: Store, name: str) -> Campaign:
+    """The campaign called ``name`` (case-insensitive, Unicode-normalised), or
+    UnknownCampaign with the closest names."""
+    row = store.conn.execute("SELECT id, name, channel, goal FROM campaigns WHERE name_key = ?",
+                             (name_key(name),)).fetchone()
+    if row:
+        return Campaign(*row)
+    names = [r[0] for r in store.conn.execute("SELECT name FROM campaigns")]
+    return_key = {name_key(n): n for n in names}
+    close = difflib.get_close_matches(name_key(name), list(return_key), n=3, cutoff=0.5)
+    contains = [k for k in return_key if name_key(name) in k and k not in close]
+    raise UnknownCampaign(name, [return_key[k] for k in close + contains][:3])
+
+
+def _local_date(ts: int, tz: dt.tzinfo) -> str:
+    return dt.datetime.fromtimestamp(ts, tz).date().isoformat()
+
+
+# -- reading counters ------------------------------------------------------------------------
+
+def _offset_segments(tz: dt.tzinfo, start: int, end: int) -> list[tuple[int, int, int]]:
+    """[start, end) cut where the zone's UTC offset changes: (from, to, offset seconds)."""
+    def off(ts: int) -> int:
+        return int(dt.datetime.fromtimestamp(ts, tz).utcoffset().total_seconds())
+    out, a, cur = [], start, off(start)
+    step = 6 * 3600
+    t = start
+    while t < end:
+        nxt = min(t + step, end)
+        o = off(nxt - 1) if nxt == end else off(nxt)
+        if o != cur:     # a change within (t, nxt]: find it to the slot
+            lo, hi = t, nxt
+            while hi - lo > SLOT:
+                mid = lo + (hi - lo) // 2 // SLOT * SLOT or lo + SLOT
+                if off(mid) == cur:
+                    lo = mid
+                else:
+                    hi = mid
+            change = hi if off(hi) != cur else hi + SLOT
+            out.append((a, change, cur))
+            a, cur = change, off(change)
+        t = nxt
+    out.append((a, end, cur))
+    return [(x, y, o) for x, y, o in out if y > x]
+
+
+def _time_key(dim: str, slot: str, off: int) -> str:
+    local = f"({slot} + {off})"
+    day = f"({local} / 86400)"
+    return {
+        "day": day,
+        "week": f"({day} - (({day} + 3) % 7))",
+        "hour": f"(({local} % 86400) / 3600)",
+        "weekday": f"(({day} + 3) % 7)",
+        "weekday_hour": f"((({day} + 3) % 7) * 24 + ({local} % 86400) / 3600)",
+        "trend_hour": f"({local} / 3600)",
+    }[dim]
+
+
+class Reader:
+    """Counters for one campaign, straight from SQL."""
+
+    def __init__(self, store: Store, campaign: Campaign, tz: dt.tzinfo):
+        self.conn = store.conn
+        self.campaign = campaign
+        self.tz = tz
+
+    def grouped(self, channel: str, start: int, end: int, dim: str | None) -> dict:
+        """key -> counters for events in [start, end); dim None: one key ''."""
+        kind = CHANNEL_KIND[channel]
+        out: dict = {}
+        if dim in TIME_DIMS or dim == "trend_hour":
+            for a, b, off in _offset_segments(self.tz, start, end):
+                self._range(kind, a, b, "", _time_key(dim, "slot", off),
+                            _time_key(dim, slot_sql(kind.time), off), out)
+        elif dim is None:
+            self._range(kind, start, end, "", "''", "''", out)
+        elif dim in kind.dims:
+            self._range(kind, start, end, dim, "key", kind.dims[dim], out)
+        else:    # an imported attribute column: from the events
+            path = '$."' + dim.replace('"', '') + '"'
+            self._raw(kind, start, end, f"COALESCE(json_extract(attrs, '{path}'), '')", out,
+                      [path])
+        self._daily(channel, start, end, dim, out)
+        if channel == "sms":
+            if dim is None:
+                out.setdefault("", {})["reach"] = self.reach(start, end)
+        return out
+
+    def _range(self, kind: Kind, start: int, end: int, rdim: str, rkey: str, ekey: str,
+               out: dict) -> None:
+        a = -(-start // SLOT) * SLOT          # the whole slots inside [start, end)
+        b = end // SLOT * SLOT
+        if a >= b:
+            self._raw(kind, start, end, ekey, out)
+            return
+        cols = list(kind.counters)
+        sums = ", ".join(f"SUM({c})" for c in cols)
+        for key, *vals in self.conn.execute(
+                f"SELECT {rkey} AS k, {sums} FROM {kind.rollup} WHERE campaign_id = ? AND "
+                "dim = ? AND slot >= ? AND slot < ? GROUP BY k",
+                (self.campaign.id, rdim, a, b)):
+            _add(out, key, cols, vals)
+        if start < a:
+            self._raw(kind, start, a, ekey, out)
+        if b < end:
+            self._raw(kind, b, end, ekey, out)
+
+    def _raw(self, kind: Kind, start: int, end: int, key: str, out: dict,
+             params: list | None = None) -> None:
+        cols = list(kind.counters)
+        sums = ", ".join(f"COALESCE(SUM({e}), 0)" for e in kind.counters.values())
+        for k, *vals in self.conn.execute(
+                f"SELECT {key} AS k, {sums} FROM {kind.table} WHERE campaign_id = ? AND "
+                f"{kind.time} >= ? AND {kind.time} < ? GROUP BY k",
+                (self.campaign.id, start, end)):
+            _add(out, k, cols, vals)
+
+    def _daily(self, channel: str, start: int, end: int, dim: str | None, out: dict) -> None:
+        cols = _DAILY[channel]
+        rows = self.conn.execute(
+            f"SELECT date, list_size, {', '.join(cols)} FROM daily WHERE campaign_id = ? AND "
+            "channel = ? ORDER BY date", (self.campaign.id, channel)).fetchall()
+        first_list = None
+        for date, list_size, *vals in rows:
+            day = dt.date.fromisoformat(date)
+            ts = int(dt.datetime.combine(day, dt.time(), self.tz).timestamp())
+            if not start <= ts < end:
+                continue
+            if dim is None:
+                key = ""
+            elif dim in TIME_DIMS or dim == "trend_hour":
+                off = int(dt.datetime.fromtimestamp(ts, self.tz).utcoffset().total_seconds())
+                n = (ts + off) // 86400
+                key = {"day": n, "week": n - (n + 3) % 7, "weekday": (n + 3) % 7}.get(dim, DAILY_KEY)
+            else:
+                key = DAILY_KEY
+            _add(out, key, list(cols.values()), [v or 0 for v in vals])
+            if list_size is not None and first_list is None and dim is None:
+                first_list = list_size
+                out[key]["list_size_start"] = list_size
+
+    def reach(self, start: int, end: int) -> int:
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM (SELECT recipient FROM messages INDEXED BY messages_reach "
+            "WHERE campaign_id = ? AND direction = 'outbound' AND status = 'delivered' AND "
+            "recipient IS NOT NULL AND sent_at >= ? AND sent_at < ? GROUP BY recipient)",
+            (self.campaign.id, start, end)).fetchone()[0]
+
+    def extent(self) -> tuple[int, int] | None:
+        """[first, last) of the campaign's data, whole slots / local days."""
+        lo = hi = None
+        for kind in KINDS.values():
+            a, b = self.conn.execute(f"SELECT MIN(slot), MAX(slot) FROM {kind.rollup} WHERE "
+                                     "campaign_id = ? AND dim = ''", (self.campaign.id,)).fetchone()
+            if a is not None:
+                lo = a if lo is None else min(lo, a)
+                hi = b + SLOT if hi is None else max(hi, b + SLOT)
+        a, b = self.conn.execute("SELECT MIN(date), MAX(date) FROM daily WHERE campaign_id = ?",
+                                 (self.campaign.id,)).fetchone()
+        if a is not None:
+            da = int(dt.datetime.combine(dt.date.fromisoformat(a), dt.time(), self.tz).timestamp())
+            db = int(dt.datetime.combine(dt.date.fromisoformat(b) + dt.timedelta(days=1),
+                                         dt.time(), self.tz).timestamp())
+            lo = da if lo is None else min(lo, da)
+            hi = db if hi is None else max(hi, db)
+        return None if lo is None else (lo, hi)
+
+    def channels_with_data(self) -> list[str]:
+        found = []
+        for channel, kind in CHANNEL_KIND.items():
+            if self.conn.execute(f"SELECT 1 FROM {kind.rollup} WHERE campaign_id = ? LIMIT 1",
+                                 (self.campaign.id,)).fetchone() or self.conn.execute(
+                    "SELECT 1 FROM daily WHERE campaign_id = ? AND channel = ? LIMIT 1",
+                    (self.campaign.id, channel)).fetchone():
+                found.append(channel)
+        return found
+
+    def attributes(self) -> list[str]:
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT name FROM attribute_names WHERE campaign_id = ? ORDER BY name",
+            (self.campaign.id,))]
+
+
+def _add(out: dict, key, cols: list[str], vals) -> None:
+    c = out.get(key)
+    if c is None:
+        out[key] = dict(zip(cols, vals))
+    else:
+        for name, v in zip(cols, vals):
+            c[name] = c.get(name, 0) + v
+
+
+# -- the report -----------------------------------------------------------------------------
+
+def _section(reader: Reader, channel: str, counters: dict, start: int, end: int) -> Section:
+    sec = Section(channel, counters, kpis.compute(channel, counters))
+    if channel == "call":
+        disp = reader.grouped("call", start, end, "disposition")
+        total = sum(c.get("calls", 0) for c in disp.values())
+        sec.dispositions = sorted(
+            ((k or "(none)", c.get("calls", 0), c.get("calls", 0) / total if total else None)
+             for k, c in disp.items() if k != DAILY_KEY and c.get("calls", 0)),
+            key=lambda x: -x[1])
+    cur = reader.grouped(channel, start, end, "currency")
+    sec.currencies = sorted(k for k, c in cur.items()
+                            if k and k != DAILY_KEY and c.get("cost_micros", 0))
+    return sec
+
+
+def _trend_unit(seconds: int) -> str:
+    if seconds <= 3 * 86400:
+        return "hour"
+    if seconds <= 120 * 86400:
+        return "day"
+    return "week"
+
+
+def _label(dim: str, key, tz: dt.tzinfo) -> str:
+    if key == DAILY_KEY:
+        return key
+    if dim in ("day", "week"):
+        return (dt.date(1970, 1, 1) + dt.timedelta(days=int(key))).isoformat()
+    if dim == "hour":
+        return f"{int(key):02d}:00"
+    if dim == "trend_hour":
+        return (dt.datetime(1970, 1, 1) + dt.timedelta(hours=int(key))).strftime("%m-%d %H:00")
+    if dim == "weekday":
+        return WEEKDAYS[int(key)]
+    if dim == "weekday_hour":
+        return f"{WEEKDAYS[int(key) // 24]} {int(key) % 24:02d}"
+    return str(key) if key != "" else "(none)"
+
+
+def report(store: Store, campaign: str | Campaign, period: Period | None = None,
+           by: str | None = None, *, now: int | None = None) -> Report:
+    """Everything `/kpi <campaign> [period] [by D]` shows."""
+    tz_name = store.timezone()
+    tz = zone(tz_name)
+    camp = campaign if isinstance(campaign, Campaign) else find_campaign(store, campaign)
+    reader = Reader(store, camp, tz)
+    channels = reader.channels_with_data() or camp.channels[:1]
+    if by is not None:
+        by = _check_dim(reader, by, channels)
+    whole = period is None
+    if whole:
+        ext = reader.extent()
+        if ext is None:
+            raise KpiBotError(f"'{camp.name}' has no data yet: import its export with "
+                              "`kpibot import FILE --campaign NAME`.")
+        period = Period(ext[0], ext[1], "whole campaign")
+    current = {ch: _section(reader, ch, reader.grouped(ch, period.start, period.end, None)
+                            .get("", {}), period.start, period.end) for ch in channels}
+    previous = prev_period = None
+    if not whole:
+        prev_period = period.previous()
+        previous = {ch: _section(reader, ch, reader.grouped(ch, prev_period.start,
+                                                            prev_period.end, None).get("", {}),
+                                 prev_period.start, prev_period.end) for ch in channels}
+    unit = _trend_unit(period.seconds)
+    tdim = {"hour": "trend_hour", "day": "day", "week": "week"}[unit]
+    per_channel = {ch: reader.grouped(ch, period.start, period.end, tdim) for ch in channels}
+    keys = sorted({k for d in per_channel.values() for k in d if k != DAILY_KEY})
+    trend = [(_label(tdim, k, tz), {ch: per_channel[ch].get(k, {}) for ch in channels})
+             for k in keys]
+    rep = Report(camp, period, whole, tz_name, current, previous, prev_period, unit, trend)
+    if by is not None:
+        rep.dim = by
+        groups = {ch: reader.grouped(ch, period.start, period.end, by) for ch in channels}
+        order = sorted({k for g in groups.values() for k in g},
+                       key=lambda k: (k == DAILY_KEY, k if by in TIME_DIMS else ""))
+        if by not in TIME_DIMS:   # biggest first
+            order.sort(key=lambda k: (k == DAILY_KEY, -sum(
+                _volume(ch, groups[ch].get(k, {})) for ch in channels)))
+        rep.breakdown = [
+            (_label(by, k, tz), {ch: Section(ch, groups[ch][k], kpis.compute(ch, groups[ch][k]))
+                                 for ch in channels if k in groups[ch]})
+            for k in order]
+    return rep
+
+
+def _volume(channel: str, counters: dict) -> int:
+    return counters.get("messages" if channel == "sms" else "calls", 0) or counters.get(
+        "sent" if channel == "sms" else "dialed", 0)
+
+
+def dimensions(reader: Reader, channels: list[str]) -> list[str]:
+    dims = list(TIME_DIMS[:4])
+    for ch in channels:
+        dims += [d for d in CHANNEL_KIND[ch].dims if d not in dims]
+    return dims + [a for a in reader.attributes() if a not in dims]
+
+
+def _check_dim(reader: Reader, by: str, channels: list[str]) -> str:
+    known = dimensions(reader, channels)
+    if by in known or by == "weekday_hour":
+        return by
+    lower = {d.lower(): d for d in known}
+    if by.lower() in lower:
+        return lower[by.lower()]
+    close = difflib.get_close_matches(by.lower(), list(lower), n=3, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(lower[c] for c in close)}?" if close else ""
+    raise BadDimension(f"'{reader.campaign.name}' cannot be broken down by '{by}'.{hint} "
+                       f"Dimensions: {', '.join(known)}.")
+

@@ -1,0 +1,162 @@
+"""The KPI registry: every KPI of the contract, for SMS and for calls, defined once.
+
+Each KPI is a numerator over a denominator of *counters* (see ``rollup`` for what each
+counter counts; money counters are in micro-units). A count has no denominator. A rate is
+n/a (None), never 0 or an error, when its denominator is 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+Counters = dict   # counter name -> number
+
+
+@dataclass(frozen=True)
+class Kpi:
+    name: str
+    label: str
+    channel: str                       # 'sms' or 'call'
+    unit: str                          # 'count', 'percent', 'money', 'seconds'
+    numerator: Callable[[Counters], float]
+    denominator: Callable[[Counters], float] | None
+    good: str | None                   # 'up', 'down' or None (neither)
+    definition: str
+
+    def compute(self, c: Counters) -> "Value":
+        num = self.numerator(c)
+        money_num = self.unit == "money" or self.name == "roi"
+        numerator = _units(num, "money" if money_num else "count")
+        if self.denominator is None:
+            return Value(self.name, numerator, numerator, None, self.unit)
+        den = self.denominator(c)
+        value = None if not den else num / den
+        if value is not None and self.unit == "money":   # micro-units per X -> units per X
+            value /= 1_000_000
+        return Value(self.name, value, numerator,
+                     _units(den, "money" if self.name == "roi" else "count"), self.unit)
+
+
+def _units(x: float, unit: str) -> float:
+    if unit == "money":
+        return round(x / 1_000_000, 6)
+    if isinstance(x, float) and x.is_integer():
+        return int(x)
+    return x
+
+
+@dataclass(frozen=True)
+class Value:
+    name: str
+    value: float | None     # None: n/a (denominator 0)
+    numerator: float
+    denominator: float | None
+    unit: str
+
+    def as_json(self) -> dict:
+        return {"value": self.value, "numerator": self.numerator,
+                "denominator": self.denominator, "unit": self.unit}
+
+
+def _c(name: str) -> Callable[[Counters], float]:
+    return lambda c: c.get(name, 0)
+
+
+def _rate(name, label, channel, num, den, good, definition):
+    return Kpi(name, label, channel, "percent", _c(num), _c(den), good, definition)
+
+
+_cost = _c("cost_micros")
+_revenue_minus_cost = lambda c: c.get("revenue_micros", 0) - c.get("cost_micros", 0)  # noqa: E731
+
+SMS = [
+    Kpi("sent", "Sent", "sms", "count", _c("sent"), None, "up",
+        "outbound messages in status sent, delivered, undelivered, failed or unknown"),
+    _rate("delivery_rate", "Delivery rate", "sms", "delivered", "sent", "up", "delivered / sent"),
+    _rate("ctr", "Click-through rate", "sms", "clicked", "delivered", "up",
+          "messages with at least one click / delivered"),
+    _rate("conversion_rate", "Conversion rate", "sms", "converted", "delivered", "up",
+          "conversions / delivered"),
+    _rate("opt_out_rate", "Opt-out rate", "sms", "opted_out", "delivered", "down",
+          "opt-outs / delivered"),
+    _rate("response_rate", "Response rate", "sms", "replied", "delivered", "up",
+          "replies that are not keywords / delivered"),
+    _rate("spam_complaint_rate", "Spam complaint rate", "sms", "complaints", "delivered", "down",
+          "complaints / delivered"),
+    Kpi("cost_per_click", "Cost per click", "sms", "money", _cost, _c("clicked"), "down",
+        "cost / clicks"),
+    Kpi("cost_per_conversion", "Cost per conversion", "sms", "money", _cost, _c("converted"),
+        "down", "cost / conversions"),
+    Kpi("roi", "ROI", "sms", "percent", _revenue_minus_cost, _cost, "up",
+        "(revenue - cost) / cost"),
+    Kpi("cost", "Cost", "sms", "money", _cost, None, None, "sum of message costs"),
+    Kpi("revenue", "Revenue", "sms", "money", _c("revenue_micros"), None, "up",
+        "sum of revenue from the campaign's messages"),
+    Kpi("reach", "Reach", "sms", "count", _c("reach"), None, "up",
+        "distinct recipients with a delivered message"),
+    Kpi("list_growth_rate", "List growth rate", "sms", "percent",
+        lambda c: c.get("new_subscribers", 0) - c.get("opted_out", 0), _c("list_size_start"),
+        "up", "(new subscribers - opt-outs) / list size at period start"),
+    Kpi("cost_per_subscriber", "Cost per subscriber", "sms", "money", _cost,
+        _c("new_subscribers"), "down", "cost / new subscribers"),
+]
+
+CALLS = [
+    Kpi("dialed", "Dialed", "call", "count", _c("dialed"), None, "up",
+        "calls in any status but queued and canceled"),
+    Kpi("answered", "Answered", "call", "count", _c("answered"), None, "up",
+        "completed calls answered by a person (answered_by human or empty), not abandoned"),
+    _rate("answer_rate", "Answer rate", "call", "answered", "dialed", "up", "answered / dialed"),
+    Kpi("avg_call_duration", "Average call duration", "call", "seconds", _c("talk_seconds"),
+        _c("answered"), None, "talk seconds of answered calls / answered calls"),
+    Kpi("abandonment_rate", "Abandonment rate", "call", "percent", _c("abandoned"),
+        lambda c: c.get("answered", 0) + c.get("abandoned", 0), "down",
+        "abandoned / (answered + abandoned)"),
+    _rate("conversion_rate", "Conversion rate", "call", "converted", "answered", "up",
+          "conversions / answered"),
+    Kpi("cost_per_call", "Cost per call", "call", "money", _cost, _c("dialed"), "down",
+        "cost / dialed"),
+    Kpi("cost_per_conversion", "Cost per conversion", "call", "money", _cost, _c("converted"),
+        "down", "cost / conversions"),
+    Kpi("roi", "ROI", "call", "percent", _revenue_minus_cost, _cost, "up",
+        "(revenue - cost) / cost"),
+    Kpi("cost", "Cost", "call", "money", _cost, None, None, "sum of call costs"),
+    Kpi("revenue", "Revenue", "call", "money", _c("revenue_micros"), None, "up",
+        "sum of revenue from the campaign's calls"),
+]
+
+REGISTRY: dict[str, dict[str, Kpi]] = {"sms": {k.name: k for k in SMS},
+                                       "call": {k.name: k for k in CALLS}}
+
+# What each goal leads with (the contract's "Campaign goal orders the card").
+GOAL_ORDER = {
+    "lead-gen": ["conversion_rate", "cost_per_conversion"],
+    "sales": ["revenue", "roi"],
+    "appointments": ["conversion_rate"],
+    "support": ["response_rate", "avg_call_duration"],
+    "awareness": ["reach", "delivery_rate"],
+    "info": ["delivery_rate", "opt_out_rate"],
+    None: ["delivery_rate", "ctr", "answer_rate", "conversion_rate"],
+}
+
+
+def all_names() -> list[str]:
+    return list(dict.fromkeys([k.name for k in SMS] + [k.name for k in CALLS]))
+
+
+def ordered(channel: str, goal: str | None) -> list[Kpi]:
+    """The channel's KPIs, the goal's headline ones first."""
+    kpis = REGISTRY[channel]
+    lead = [kpis[n] for n in GOAL_ORDER.get(goal, GOAL_ORDER[None]) if n in kpis]
+    return lead + [k for k in kpis.values() if k not in lead]
+
+
+def headline(channel: str, goal: str | None) -> list[Kpi]:
+    """The one or two KPIs a campaign with this goal is judged by."""
+    kpis = REGISTRY[channel]
+    lead = [kpis[n] for n in GOAL_ORDER.get(goal, GOAL_ORDER[None]) if n in kpis]
+    return lead[:2] or [next(iter(kpis.values()))]
+
+
+def compute(channel: str, counters: Counters) -> dict[str, Value]:
+    return {k.name: k.compute(counters) for k in REGISTRY[channel].values()}

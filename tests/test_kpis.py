@@ -1,0 +1,247 @@
+"""Known answers for every KPI of the contract, from small fixtures counted by hand."""
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from metrics import engine, kpis, rollup
+from metrics.importers import import_file
+from metrics.periods import resolve
+from metrics.times import zone
+
+SMS = """
+campaign,message_id,sent_at,recipient,status,direction,body,cost,currency,clicked,converted,revenue,opted_out,replied,spam_complaint,segment,variant
+kat,m1,2026-03-02T10:00:00Z,+14155550101,delivered,outbound,hi,0.01,USD,1,1,20,0,0,0,A,x
+kat,m2,2026-03-02T10:05:00Z,+14155550102,delivered,outbound,hi,0.01,USD,1,0,,0,1,0,A,y
+kat,m3,2026-03-02T10:10:00Z,+14155550103,delivered,outbound,hi,0.01,USD,0,0,,1,0,0,B,x
+kat,m4,2026-03-02T10:20:00Z,+14155550101,delivered,outbound,hi,0.01,USD,0,0,,0,0,1,B,y
+kat,m5,2026-03-02T11:00:00Z,+14155550104,undelivered,outbound,hi,0.01,USD,0,0,,0,0,0,B,x
+kat,m6,2026-03-02T11:30:00Z,+14155550105,failed,outbound,hi,0,USD,0,0,,0,0,0,B,x
+kat,m7,2026-03-02T12:00:00Z,+14155550106,sent,outbound,hi,0.01,USD,0,0,,0,0,0,B,x
+kat,m8,2026-03-02T12:00:00Z,+14155550107,queued,outbound,hi,0,USD,0,0,,0,0,0,B,x
+kat,m9,2026-03-02T12:00:00Z,+14155550108,unknown,outbound,hi,0.01,USD,0,0,,0,0,0,B,x
+kat,m10,2026-03-02T12:30:00Z,+14155550109,received,inbound,hello,,,0,0,,0,0,0,,
+kat,m11,2026-03-02T12:40:00Z,+14155550110,received,inbound,STOP,,,0,0,,0,0,0,,
+"""
+
+CALLS = """
+campaign,call_id,started_at,recipient,direction,status,answered_by,duration_s,disposition,abandoned,converted,revenue,cost,currency,agent
+kc,c1,2026-03-02T09:00:00Z,+14155550201,outbound,completed,human,120,sale,0,1,50,0.10,USD,ann
+kc,c2,2026-03-02T09:10:00Z,+14155550202,outbound,completed,,60,callback,0,0,,0.10,USD,ann
+kc,c3,2026-03-02T09:20:00Z,+14155550203,outbound,completed,machine_start,30,voicemail,0,0,,0.05,USD,bob
+kc,c4,2026-03-02T09:30:00Z,+14155550204,outbound,completed,human,5,,1,0,,0,USD,bob
+kc,c5,2026-03-02T09:40:00Z,+14155550205,outbound,busy,,0,,0,0,,0,USD,bob
+kc,c6,2026-03-02T09:50:00Z,+14155550206,outbound,no-answer,,0,,0,0,,0,USD,bob
+kc,c7,2026-03-02T10:00:00Z,+14155550207,outbound,queued,,0,,0,0,,0,USD,bob
+kc,c8,2026-03-02T10:10:00Z,+14155550208,outbound,canceled,,0,,0,0,,0,USD,bob
+kc,c9,2026-03-02T10:20:00Z,+14155550209,outbound,failed,,0,,0,0,,0,USD,bob
+kc,c10,2026-03-02T10:30:00Z,+14155550210,outbound,completed,unknown,40,,0,0,,0,USD,bob
+"""
+
+DAILY = """
+date,campaign,channel,sent,delivered,failed,clicks,conversions,opt_outs,replies,complaints,cost,revenue,new_subscribers,list_size
+2026-03-03,kd,sms,100,90,10,9,3,5,2,1,10,60,30,1000
+2026-03-04,kd,sms,50,40,10,4,1,5,0,0,5,0,10,1025
+"""
+
+NOW = int(dt.datetime(2026, 3, 10, tzinfo=dt.timezone.utc).timestamp())
+
+
+def _metrics(store, name, period=None, by=None):
+    return engine.report(store, name, period, by, now=NOW)
+
+
+@pytest.fixture
+def sms(store, write):
+    import_file(store, write("sms.csv", SMS))
+    return store
+
+
+@pytest.fixture
+def calls(store, write):
+    import_file(store, write("calls.csv", CALLS))
+    return store
+
+
+def _check(values: dict, expected: dict) -> None:
+    for name, (value, num, den) in expected.items():
+        v = values[name]
+        assert (v.numerator, v.denominator) == (num, den), name
+        if value is None:
+            assert v.value is None, name
+        else:
+            assert v.value == pytest.approx(value), name
+
+
+def test_every_sms_kpi_by_hand(sms):
+    m = _metrics(sms, "kat").current["sms"].metrics
+    _check(m, {
+        # 8 counted: 4 delivered, undelivered, failed, sent, unknown (queued is not)
+        "sent": (8, 8, None),
+        "delivery_rate": (4 / 8, 4, 8),
+        "ctr": (2 / 4, 2, 4),
+        "conversion_rate": (1 / 4, 1, 4),
+        # m3's flag, plus a STOP that answers no message we know of
+        "opt_out_rate": (2 / 4, 2, 4),
+        "response_rate": (1 / 4, 1, 4),
+        "spam_complaint_rate": (1 / 4, 1, 4),
+        "cost_per_click": (0.07 / 2, 0.07, 2),
+        "cost_per_conversion": (0.07, 0.07, 1),
+        "roi": ((20 - 0.07) / 0.07, 19.93, 0.07),
+        "cost": (0.07, 0.07, None),
+        "revenue": (20, 20, None),
+        "reach": (3, 3, None),                   # 0101 twice, 0102, 0103
+        "list_growth_rate": (None, -2, 0),       # no list data: n/a, never 0
+        "cost_per_subscriber": (None, 0.07, 0),
+    })
+    assert set(m) == {k.name for k in kpis.SMS}
+
+
+def test_every_call_kpi_by_hand(calls):
+    rep = _metrics(calls, "kc")
+    m = rep.current["call"].metrics
+    _check(m, {
+        "dialed": (8, 8, None),                  # all but queued and canceled
+        "answered": (2, 2, None),                # human or empty, completed, not abandoned
+        "answer_rate": (2 / 8, 2, 8),
+        "avg_call_duration": (90, 180, 2),
+        "abandonment_rate": (1 / 3, 1, 3),
+        "conversion_rate": (1 / 2, 1, 2),
+        "cost_per_call": (0.25 / 8, 0.25, 8),
+        "cost_per_conversion": (0.25, 0.25, 1),
+        "roi": ((50 - 0.25) / 0.25, 49.75, 0.25),
+        "cost": (0.25, 0.25, None),
+        "revenue": (50, 50, None),
+    })
+    assert set(m) == {k.name for k in kpis.CALLS}
+    disp = {name: (n, share) for name, n, share in rep.current["call"].dispositions}
+    assert disp == {"(none)": (7, 0.7), "sale": (1, 0.1), "callback": (1, 0.1),
+                    "voicemail": (1, 0.1)}
+
+
+def test_daily_aggregates_give_list_growth_and_cost_per_subscriber(store, write):
+    import_file(store, write("daily.csv", DAILY))
+    m = _metrics(store, "kd").current["sms"].metrics
+    _check(m, {
+        "sent": (150, 150, None),
+        "delivery_rate": (130 / 150, 130, 150),
+        # (new subscribers - opt-outs) / list size at the period's start
+        "list_growth_rate": ((40 - 10) / 1000, 30, 1000),
+        "cost_per_subscriber": (15 / 40, 15, 40),
+        "roi": ((60 - 15) / 15, 45, 15),
+    })
+    second_day = resolve("2026-03-04", "2026-03-04", NOW, zone("UTC"))
+    m = _metrics(store, "kd", second_day).current["sms"].metrics
+    assert (m["list_growth_rate"].numerator, m["list_growth_rate"].denominator) == (5, 1025)
+
+
+def test_a_rate_with_no_denominator_is_na_not_zero(store, write):
+    import_file(store, write("q.csv", SMS.replace(",delivered,", ",queued,")))
+    m = _metrics(store, "kat").current["sms"].metrics
+    # nothing delivered: a delivery rate of 0 out of 4 is a real 0; per-delivered rates are n/a
+    assert (m["delivery_rate"].value, m["delivery_rate"].denominator) == (0, 4)
+    assert m["ctr"].value is None and m["opt_out_rate"].value is None
+    from bot.text import fmt_value
+    assert fmt_value(m["ctr"]) == "n/a"
+
+
+def test_periods_that_cut_through_a_slot_are_exact(sms):
+    # 24h ending 2026-03-03 10:07 UTC: from 03-02 10:07, so m1 (10:00) and m2 (10:05) are out
+    now = int(dt.datetime(2026, 3, 3, 10, 7, tzinfo=dt.timezone.utc).timestamp())
+    rep = engine.report(sms, "kat", resolve("24h", None, now, zone("UTC")), now=now)
+    m = rep.current["sms"].metrics
+    assert (m["sent"].value, m["delivery_rate"].numerator, m["ctr"].numerator) == (6, 2, 0)
+    assert m["reach"].value == 2                           # 0103 and 0101 (m4)
+    # the 24 hours before: m1 and m2 only
+    prev = rep.previous["sms"].metrics
+    assert (prev["sent"].value, prev["ctr"].numerator, prev["reach"].value) == (2, 2, 2)
+    earlier = engine.report(sms, "kat", resolve("24h", None, now - 2 * 86400, zone("UTC")),
+                            now=now).previous["sms"].metrics
+    assert earlier["sent"].value == 0 and earlier["delivery_rate"].value is None
+
+
+def test_breakdowns(sms, calls):
+    by = dict(_metrics(sms, "kat", by="segment").breakdown)
+    assert by["A"]["sms"].metrics["sent"].value == 2
+    assert by["B"]["sms"].metrics["delivery_rate"].numerator == 2      # m3, m4
+    assert by["(none)"]["sms"].metrics["sent"].value == 0              # the inbound rows
+    by = dict(_metrics(sms, "kat", by="variant").breakdown)
+    assert (by["x"]["sms"].metrics["sent"].value, by["y"]["sms"].metrics["sent"].value) == (6, 2)
+    by = dict(_metrics(sms, "kat", by="status").breakdown)
+    assert {k: s["sms"].counters["messages"] for k, s in by.items()} == {
+        "delivered": 4, "undelivered": 1, "failed": 1, "sent": 1, "pending": 1, "unknown": 1,
+        "received": 2}
+    by = dict(_metrics(sms, "kat", by="country").breakdown)
+    assert list(by) == ["US"]
+    by = dict(_metrics(sms, "kat", by="hour").breakdown)
+    assert {k: s["sms"].counters["sent"] for k, s in by.items()} == {
+        "10:00": 4, "11:00": 2, "12:00": 2}
+    by = dict(_metrics(calls, "kc", by="agent").breakdown)
+    assert by["ann"]["call"].metrics["answer_rate"].value == 1.0
+    assert by["bob"]["call"].metrics["answered"].value == 0
+    by = dict(_metrics(calls, "kc", by="disposition").breakdown)
+    assert by["sale"]["call"].metrics["conversion_rate"].value == 1.0
+
+
+def test_time_breakdowns_follow_the_team_time_zone(sms, monkeypatch):
+    # 10:00-12:40 UTC on Monday 2 March is 05:00-07:40 in New York (UTC-5)
+    monkeypatch.setenv("KPIBOT_TZ", "America/New_York")
+    by = dict(_metrics(sms, "kat", by="hour").breakdown)
+    assert {k: s["sms"].counters["sent"] for k, s in by.items()} == {
+        "05:00": 4, "06:00": 2, "07:00": 2}
+    monkeypatch.setenv("KPIBOT_TZ", "Asia/Kathmandu")      # UTC+5:45
+    by = dict(_metrics(sms, "kat", by="hour").breakdown)
+    # 15:45 15:50 15:55 | 16:05 16:45 | 17:15 17:45 17:45 | the replies at 18:15, 18:25
+    assert {k: s["sms"].counters["sent"] for k, s in by.items()} == {
+        "15:00": 3, "16:00": 2, "17:00": 3, "18:00": 0}
+
+
+def test_days_across_a_daylight_saving_change(store, write):
+    # Berlin switched to summer time on 2026-03-29 at 01:00 UTC
+    csv = "campaign,message_id,sent_at,recipient,status\n" + "\n".join(
+        f"dst,d{i},{t},+4915112345{i:03d},delivered" for i, t in enumerate([
+            "2026-03-28T22:59:00Z",   # 23:59 CET, the 28th
+            "2026-03-28T23:00:00Z",   # 00:00 CET, the 29th
+            "2026-03-29T21:59:00Z",   # 23:59 CEST, the 29th
+            "2026-03-29T22:00:00Z",   # 00:00 CEST, the 30th
+        ]))
+    import_file(store, write("dst.csv", csv))
+    store.set_setting("timezone", "Europe/Berlin")
+    by = dict(_metrics(store, "dst", by="day").breakdown)
+    assert {k: s["sms"].counters["sent"] for k, s in by.items()} == {
+        "2026-03-28": 1, "2026-03-29": 2, "2026-03-30": 1}
+
+
+def test_goal_orders_the_card(sms):
+    assert [k.name for k in kpis.headline("sms", "sales")] == ["revenue", "roi"]
+    assert [k.name for k in kpis.headline("call", "support")] == ["avg_call_duration"]
+    assert [k.name for k in kpis.ordered("sms", "info")][:2] == ["delivery_rate", "opt_out_rate"]
+
+
+def test_rollups_match_a_recount_after_reimport_attribution_and_delete(store, write):
+    import_file(store, write("a.csv", SMS))
+    # a later export: m7 got delivered, m5 moved to another hour, and a reply to m9
+    later = SMS.replace("m7,2026-03-02T12:00:00Z,+14155550106,sent",
+                        "m7,2026-03-02T12:00:00Z,+14155550106,delivered").replace(
+        "m5,2026-03-02T11:00:00Z", "m5,2026-03-02T13:00:00Z")
+    import_file(store, write("b.csv", later))
+    import_file(store, write("c.csv", "campaign,message_id,sent_at,recipient,status,direction,body\n"
+                             "kat,r1,2026-03-02T14:00:00Z,+14155550108,received,inbound,STOP\n"))
+    with store.transaction() as conn:
+        conn.execute("DELETE FROM messages WHERE message_key = 'm6'")
+        rollup.Rollup(conn, "message").finish()
+
+    def snapshot():
+        return store.conn.execute("SELECT * FROM message_rollup ORDER BY 1, 2, 3, 4").fetchall()
+    kept = snapshot()
+    with store.transaction() as conn:
+        rollup.rebuild(conn)
+    assert kept == snapshot()
+    m = _metrics(store, "kat").current["sms"].metrics
+    assert (m["sent"].value, m["delivery_rate"].numerator, m["opt_out_rate"].numerator) == (7, 5, 3)
+
+
+def test_unknown_dimension_names_the_ones_that_exist(sms):
+    with pytest.raises(engine.BadDimension, match="Did you mean: segment"):
+        _metrics(sms, "kat", by="segmnet")
