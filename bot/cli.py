@@ -183,7 +183,7 @@ def _answer(text_in: str, db: str | None, as_json: bool, chart: Path | None,
         else:
             click.echo(reply.text)
         if reply.ok and (chart or chart_dir):
-            charts = reply.charts()
+            charts = reply.charts(every=chart_dir is not None)
             for i, (name, png) in enumerate(charts):
                 if chart and i == 0:
                     path = chart
@@ -245,6 +245,30 @@ def kpi(campaign: str, since: str | None, until: str | None, by: str | None, as_
     if by:
         parts += ["by", by]
     _answer(" ".join(parts), db, as_json, chart, chart_dir)
+
+
+@main.command()
+@click.option("--port", default=3000, show_default=True, envvar="PORT",
+              help="HTTP port for Slack's requests (not used in Socket Mode).")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Interface to listen on.")
+@db_option
+def serve(port: int, host: str, db: str | None) -> None:
+    """Run the Slack app: Socket Mode when SLACK_APP_TOKEN is set, else HTTP on
+    /slack/events. Needs SLACK_BOT_TOKEN and SLACK_SIGNING_SECRET (or SLACK_APP_TOKEN)."""
+    import logging
+
+    from metrics.store import Store
+
+    from .app import Settings
+    from .serve import serve as run_server
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings.from_env()
+    path = db or os.environ.get("KPIBOT_DB") or "kpibot.db"
+    _store(path).close()     # a clear error now if the database cannot be opened
+    try:
+        run_server(settings, lambda: Store(path), host, port)
+    except KpiBotError as exc:
+        raise click.ClickException(str(exc))
 
 
 @main.command("list")

@@ -70,7 +70,8 @@ class Reply:
     data: dict
     ok: bool = True
     report: engine.Report | None = None
-    charts: Callable[[], list[tuple[str, bytes]]] = field(default=lambda: [])
+    # () -> [(name, png)]: the main chart; (every=True) -> all that apply
+    charts: Callable[..., list[tuple[str, bytes]]] = field(default=lambda every=False: [])
 
 
 _QUOTES = {"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u00ab": '"',
@@ -196,14 +197,16 @@ def cmd_card(ctx: Context, args: list[Token]) -> Reply:
         if periods else None
     rep = engine.report(ctx.store, camp, period, by, now=ctx.now_ts())
 
-    def charts() -> list[tuple[str, bytes]]:
+    def charts(every: bool = False) -> list[tuple[str, bytes]]:
         from metrics import charts as ch
-        return ch.for_report(rep)
+        return ch.for_report(rep, every)
     return Reply(text.card(rep), text.card_json(rep), report=rep, charts=charts)
 
 
 def _not_yet(name: str) -> Callable:
     def handler(ctx: Context, args: list[Token]) -> Reply:
+        if name in STATE_CHANGING and args and args[0].text.lower() not in ("list", "preview"):
+            _admin(ctx, f"{name} {args[0].text}")
         raise UsageError(f"`/kpi {name}` is part of the plan but not available in this "
                          "version yet.", USAGE[name])
     return handler

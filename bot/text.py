@@ -80,13 +80,13 @@ def change(now: kpis.Value, before: kpis.Value, good: str | None) -> str:
     return f"{arrow} {text}"
 
 
-def _currency(sec: Section) -> str | None:
+def currency_of(sec: Section) -> str | None:
     if len(sec.currencies) == 1:
         return sec.currencies[0]
     return "mixed currencies" if sec.currencies else None
 
 
-def _shown(rep: Report, channel: str) -> list[kpis.Kpi]:
+def shown_kpis(rep: Report, channel: str) -> list[kpis.Kpi]:
     """The channel's KPIs in goal order, without those that cannot apply (no list data)."""
     sec = rep.current[channel]
     out = []
@@ -118,10 +118,10 @@ def card(rep: Report) -> str:
         lines.append(f"compared with {rep.previous_period.label}")
     for ch in rep.channels:
         sec = rep.current[ch]
-        cur = _currency(sec)
+        cur = currency_of(sec)
         rows = []
         heads = {k.name for k in rep.headline(ch)}
-        for k in _shown(rep, ch):
+        for k in shown_kpis(rep, ch):
             v = sec.metrics[k.name]
             row = [("★ " if k.name in heads else "  ") + k.label, fmt_value(v, cur), fraction(v)]
             if rep.previous:
@@ -141,20 +141,26 @@ def card(rep: Report) -> str:
     if rep.dim:
         lines.append("")
         lines.append(f"By {rep.dim}:")
-        ch = rep.channels[0]
-        heads = [k for k in rep.headline(ch)][:2]
-        vol = "sent" if ch == "sms" else "dialed"
-        rows = [(rep.dim, vol) + tuple(k.label for k in heads)]
-        for key, secs in rep.breakdown[:25]:
-            s = secs.get(ch)
-            if s is None:
-                continue
-            rows.append((key, f"{s.counters.get(vol, 0):,}") + tuple(
-                fmt_value(s.metrics[k.name], _currency(rep.current[ch])) for k in heads))
-        lines.append(table(rows, right={1, 2, 3}))
-        if len(rep.breakdown) > 25:
-            lines.append(f"… and {len(rep.breakdown) - 25} more")
+        lines.append(breakdown_table(rep))
     return "\n".join(lines)
+
+
+def breakdown_table(rep: Report, limit: int = 25) -> str:
+    """The breakdown as an aligned table: volume and the headline KPIs per value."""
+    ch = rep.channels[0]
+    heads = rep.headline(ch)[:2]
+    vol = "sent" if ch == "sms" else "dialed"
+    cur = currency_of(rep.current[ch])
+    rows = [(rep.dim, vol) + tuple(k.label for k in heads)]
+    for key, secs in rep.breakdown[:limit]:
+        s = secs.get(ch)
+        if s is not None:
+            rows.append((key, f"{s.counters.get(vol, 0):,}") + tuple(
+                fmt_value(s.metrics[k.name], cur) for k in heads))
+    out = table(rows, right={1, 2, 3})
+    if len(rep.breakdown) > limit:
+        out += f"\n… and {len(rep.breakdown) - limit} more"
+    return out
 
 
 def _metrics_json(rep: Report, sections: dict[str, Section]) -> dict:
@@ -171,7 +177,7 @@ def card_json(rep: Report) -> dict:
     out = {
         "campaign": c.name, "channel": c.channel, "goal": c.goal,
         "period": {**rep.period.iso(tz), "label": rep.period.label, "timezone": rep.tz},
-        "currency": {ch: _currency(sec) for ch, sec in rep.current.items()},
+        "currency": {ch: currency_of(sec) for ch, sec in rep.current.items()},
         "headline": {ch: [k.name for k in rep.headline(ch)] for ch in rep.channels},
         "metrics": _metrics_json(rep, rep.current),
         "previous": None,

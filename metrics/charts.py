@@ -10,14 +10,14 @@ import warnings
 from functools import lru_cache
 
 import matplotlib
+from matplotlib import font_manager
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, PercentFormatter, StrMethodFormatter
+from scipy.stats import binomtest
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib import font_manager  # noqa: E402
-from scipy.stats import binomtest  # noqa: E402
-
-from . import kpis  # noqa: E402
-from .engine import WEEKDAYS, Report  # noqa: E402
+from . import kpis
+from .engine import WEEKDAYS, Report
 
 SIZE = (8, 4.2)    # inches; at 100 dpi, 800x420 px
 DPI = 100
@@ -45,27 +45,41 @@ def font_family() -> list[str]:
     return families
 
 
-def _figure():
-    plt.rcParams["font.family"] = font_family()
-    plt.rcParams["font.size"] = 11
-    fig, ax = plt.subplots(figsize=SIZE, dpi=DPI)
+def _figure(title: str, labels: list[str] = (), right: float = 0.97):
+    """A figure without pyplot (no global state: safe in a threaded server), its margins
+    fixed rather than measured by a second layout pass ("tight" doubles the cost)."""
+    matplotlib.rcParams["font.family"] = font_family()
+    matplotlib.rcParams["font.size"] = 11
+    fig = Figure(figsize=SIZE, dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    # room on the left for the longest category label (CJK characters are twice as wide)
+    widest = max((_width(str(lb)) for lb in labels), default=6)
+    fig.subplots_adjust(left=min(0.45, 0.035 + 0.0115 * max(widest, 6)), right=right,
+                        top=0.87, bottom=0.16)
+    fig.text(0.01, 0.95, title, fontsize=13, va="center")
     for side in ("top", "right"):
         ax.spines[side].set_visible(False)
     return fig, ax
+
+
+def _width(s: str) -> int:
+    import unicodedata
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in s)
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)   # a missing glyph is a bug, not a box
-        fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    plt.close(fig)
+        fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
     return buf.getvalue()
 
 
-def _pct(ax) -> None:
-    from matplotlib.ticker import PercentFormatter
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=None))
+def _pct(axis, top: float | None = None) -> None:
+    """Percent ticks, whole percents unless the values are all small."""
+    axis.set_major_formatter(PercentFormatter(1.0, decimals=0 if top is None or top >= 0.05
+                                              else 1))
 
 
 def _rate_kpi(channel: str, goal: str | None) -> kpis.Kpi:
@@ -84,25 +98,23 @@ def trend(rep: Report) -> bytes:
     labels = [label for label, _ in rep.trend]
     vols = [cs.get(ch, {}).get(vol_name, 0) for _, cs in rep.trend]
     values = [rate.compute(cs.get(ch, {})).value for _, cs in rep.trend]
-    fig, ax = _figure()
+    fig, ax = _figure(f"{rep.campaign.name} · {rep.period.label}", right=0.9)
     x = range(len(labels))
     ax.bar(x, vols, color=BAR, label=vol_name)
-    ax.set_ylabel(f"{vol_name} per {rep.trend_unit}")
+    ax.set_ylabel(f"{vol_name} per {rep.trend_unit} (bars)", color="#4a6fa5")
+    ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
+    ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax2 = ax.twinx()
     ax2.spines["top"].set_visible(False)
     ax2.plot(x, [v if v is not None else float("nan") for v in values], color=LINE,
              marker="o", markersize=3, linewidth=2, label=rate.label)
-    ax2.set_ylabel(rate.label, color=LINE)
+    ax2.set_ylabel(f"{rate.label} (line)", color=LINE)
+    ax2.xaxis.set_visible(False)
     ax2.set_ylim(bottom=0)
-    _pct(ax2)
-    step = max(1, len(labels) // 10)
-    ax.set_xticks(list(x)[::step])
-    ax.set_xticklabels([_short(lb, rep.trend_unit) for lb in labels][::step], rotation=0)
-    ax.set_title(f"{rep.campaign.name} · {rep.period.label}", loc="left", fontsize=13)
-    h1, l1 = ax.get_legend_handles_labels()
-    h2, l2 = ax2.get_legend_handles_labels()
-    ax.legend(h1 + h2, l1 + l2, loc="upper left", frameon=False, fontsize=9, ncols=2,
-              bbox_to_anchor=(0, -0.08))
+    ax2.yaxis.set_major_locator(MaxNLocator(5))
+    _pct(ax2.yaxis, max((v for v in values if v is not None), default=None))
+    step = max(1, -(-len(labels) // 7))
+    ax.set_xticks(list(x)[::step], [_short(lb, rep.trend_unit) for lb in labels][::step])
     return _png(fig)
 
 
@@ -124,7 +136,8 @@ def breakdown(rep: Report, limit: int = 12) -> bytes:
     rate = _rate_kpi(ch, rep.campaign.goal)
     rows = [(key, secs[ch].metrics[rate.name]) for key, secs in rep.breakdown if ch in secs]
     rows = [(k, v) for k, v in rows if v.value is not None][:limit]
-    fig, ax = _figure()
+    title = f"{rep.campaign.name} · {rate.label} by {rep.dim} (95% intervals)"
+    fig, ax = _figure(title, [k for k, _ in rows], right=0.85)
     if not rows:
         ax.text(0.5, 0.5, "no data in this period", ha="center", va="center")
         ax.set_axis_off()
@@ -136,16 +149,15 @@ def breakdown(rep: Report, limit: int = 12) -> bytes:
     ax.barh(keys, vals, color=BAR, xerr=err, ecolor="#34495e", capsize=3)
     for y, (v, (_, val)) in enumerate(zip(vals, rows[::-1])):
         ax.text(v, y, f"  {v * 100:.1f}%  (n={val.denominator:,})", va="center", fontsize=9)
-    from matplotlib.ticker import PercentFormatter
-    ax.xaxis.set_major_formatter(PercentFormatter(1.0))
+    _pct(ax.xaxis, max(highs))
+    ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.set_xlim(0, min(1.0, max(highs) * 1.35) or 1.0)
-    ax.set_title(f"{rep.campaign.name} · {rate.label} by {rep.dim} (95% intervals)", loc="left",
-                 fontsize=13)
     return _png(fig)
 
 
 def heatmap(rep: Report) -> bytes:
-    """Volume by weekday and hour (team time zone), the headline rate in each cell's color."""
+    """The headline rate for each weekday and hour (team time zone) as a colour grid;
+    cells with no volume stay blank."""
     import numpy as np
     ch = rep.channels[0]
     rate = _rate_kpi(ch, rep.campaign.goal)
@@ -154,40 +166,43 @@ def heatmap(rep: Report) -> bytes:
         if ch not in secs or " " not in key:
             continue
         day, hour = key.split(" ")
-        grid[WEEKDAYS.index(day), int(hour)] = secs[ch].metrics[rate.name].value or np.nan
-    fig, ax = _figure()
+        value = secs[ch].metrics[rate.name].value
+        grid[WEEKDAYS.index(day), int(hour)] = np.nan if value is None else value
+    fig, ax = _figure(f"{rep.campaign.name} · {rate.label} by weekday and hour ({rep.tz})",
+                      WEEKDAYS, right=0.98)
     ax.spines[:].set_visible(False)
     im = ax.imshow(grid, aspect="auto", cmap="viridis")
     ax.set_yticks(range(7), WEEKDAYS)
     ax.set_xticks(range(0, 24, 2), [f"{h:02d}" for h in range(0, 24, 2)])
     cb = fig.colorbar(im, ax=ax)
-    cb.ax.yaxis.set_major_formatter(__import__("matplotlib.ticker").ticker.PercentFormatter(1.0))
-    ax.set_title(f"{rep.campaign.name} · {rate.label} by weekday and hour ({rep.tz})", loc="left",
-                 fontsize=13)
+    _pct(cb.ax.yaxis, float(np.nanmax(grid)) if np.isfinite(grid).any() else None)
     return _png(fig)
 
 
 def dispositions(rep: Report) -> bytes:
     sec = rep.current["call"]
     rows = sec.dispositions[:10][::-1]
-    fig, ax = _figure()
+    fig, ax = _figure(f"{rep.campaign.name} · call dispositions · {rep.period.label}",
+                      [r[0] for r in rows], right=0.88)
     ax.barh([r[0] for r in rows], [r[1] for r in rows], color=BAR)
     for y, (_, n, share) in enumerate(rows):
         ax.text(n, y, f"  {n:,} ({share * 100:.0f}%)", va="center", fontsize=9)
-    ax.set_title(f"{rep.campaign.name} · call dispositions · {rep.period.label}", loc="left",
-                 fontsize=13)
+    ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     return _png(fig)
 
 
-def for_report(rep: Report) -> list[tuple[str, bytes]]:
-    """The charts that go with a card: the main one first."""
-    out = []
+def for_report(rep: Report, every: bool = False) -> list[tuple[str, bytes]]:
+    """The chart that goes with a card (the breakdown when one was asked for, else the
+    trend), or with ``every`` all that apply, the main one first. Rendering costs about
+    0.1 s a chart, so a reply draws one unless more are asked for."""
+    makers = []
     if rep.dim == "weekday_hour":
-        out.append(("heatmap", heatmap(rep)))
+        makers.append(("heatmap", heatmap))
     elif rep.dim:
-        out.append((f"by-{rep.dim}", breakdown(rep)))
+        makers.append((f"by-{rep.dim}", breakdown))
     if rep.trend:
-        out.append(("trend", trend(rep)))
+        makers.append(("trend", trend))
     if "call" in rep.current and rep.current["call"].dispositions:
-        out.append(("dispositions", dispositions(rep)))
-    return out
+        makers.append(("dispositions", dispositions))
+    return [(name, make(rep)) for name, make in (makers if every else makers[:1])]

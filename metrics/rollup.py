@@ -97,6 +97,9 @@ CALL = Kind(
 
 KINDS = {"message": MESSAGE, "call": CALL}
 
+# a delivered outbound message to a known number: what reach counts
+REACHED = "direction = 'outbound' AND status = 'delivered' AND recipient IS NOT NULL"
+
 
 def _cube_select(kind: Kind, source: str, where: str) -> str:
     """One pass over events: counters grouped by campaign, slot and every dimension."""
@@ -125,6 +128,10 @@ class Rollup:
         self.conn.execute(f"CREATE TEMP TABLE {self.delta} AS "
                           + _cube_select(self.kind, self.kind.table, "rowid > ?"), (after_rowid,))
         self._started = True
+        if self.kind is MESSAGE:
+            self.conn.execute(f"INSERT OR IGNORE INTO campaign_recipients SELECT campaign_id, "
+                              f"recipient FROM messages WHERE rowid > ? AND {REACHED}",
+                              (after_rowid,))
 
     def finish(self) -> None:
         """Merge the counted new rows into the rollup and recompute every dirty slot."""
@@ -155,6 +162,8 @@ class Rollup:
             self._merge("temp.rollup_redo", add=False)
             conn.execute("DROP TABLE temp.rollup_redo")
             conn.execute("DELETE FROM rollup_dirty WHERE kind = ?", (k.name,))
+        if k is MESSAGE:
+            recount_reach(conn)
 
     def _merge(self, cube: str, add: bool) -> None:
         k = self.kind
@@ -169,6 +178,21 @@ class Rollup:
                 f"GROUP BY campaign_id, slot, {key}{conflict}")
 
 
+def recount_reach(conn: sqlite3.Connection, everything: bool = False) -> None:
+    """Recount the recipients of the campaigns whose deliveries changed (all: ``everything``)."""
+    if everything:
+        conn.execute("DELETE FROM campaign_recipients")
+        conn.execute(f"INSERT INTO campaign_recipients SELECT DISTINCT campaign_id, recipient "
+                     f"FROM messages WHERE {REACHED}")
+    else:
+        for (cid,) in conn.execute(
+                "SELECT campaign_id FROM rollup_dirty WHERE kind = 'reach'").fetchall():
+            conn.execute("DELETE FROM campaign_recipients WHERE campaign_id = ?", (cid,))
+            conn.execute(f"INSERT INTO campaign_recipients SELECT DISTINCT campaign_id, "
+                         f"recipient FROM messages WHERE campaign_id = ? AND {REACHED}", (cid,))
+    conn.execute("DELETE FROM rollup_dirty WHERE kind = 'reach'")
+
+
 def rebuild(conn: sqlite3.Connection, kind: Kind | str | None = None) -> None:
     """Recompute rollups from scratch (a migration, or a repair)."""
     for k in ([KINDS[kind] if isinstance(kind, str) else kind] if kind else KINDS.values()):
@@ -177,3 +201,4 @@ def rebuild(conn: sqlite3.Connection, kind: Kind | str | None = None) -> None:
         r = Rollup(conn, k)
         r.add_new_rows(-1 << 62)
         r.finish()
+    recount_reach(conn, everything=True)

@@ -179,9 +179,30 @@ def m002_rollups(db: sqlite_utils.Database) -> None:
             slot INTEGER NOT NULL,
             PRIMARY KEY (kind, campaign_id, slot)
         ) WITHOUT ROWID;
-        -- Distinct recipients reached, read in recipient order without a sort.
-        CREATE INDEX messages_reach ON messages(campaign_id, recipient, sent_at)
+        -- Reach: the delivered messages of a period, with their recipients, in time order
+        -- (a short period: count its deliveries' distinct recipients) and in recipient order
+        -- (a long one: one pass over the campaign, distinct without a sort)...
+        CREATE INDEX messages_reach ON messages(campaign_id, sent_at, recipient)
             WHERE direction = 'outbound' AND status = 'delivered' AND recipient IS NOT NULL;
+        CREATE INDEX messages_recipient_reach ON messages(campaign_id, recipient, sent_at)
+            WHERE direction = 'outbound' AND status = 'delivered' AND recipient IS NOT NULL;
+        -- ... and every recipient a campaign ever reached, for its whole-life reach.
+        CREATE TABLE campaign_recipients (
+            campaign_id INTEGER NOT NULL,
+            recipient BLOB NOT NULL,
+            PRIMARY KEY (campaign_id, recipient)
+        ) WITHOUT ROWID;
+        -- A change to who was reached marks the campaign for a recount.
+        CREATE TRIGGER messages_reach_update AFTER UPDATE ON messages
+        WHEN old.status IS NOT new.status OR old.recipient IS NOT new.recipient
+             OR old.campaign_id != new.campaign_id OR old.direction != new.direction
+        BEGIN
+            INSERT INTO rollup_dirty VALUES ('reach', old.campaign_id, 0), ('reach', new.campaign_id, 0)
+            ON CONFLICT DO NOTHING;
+        END;
+        CREATE TRIGGER messages_reach_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO rollup_dirty VALUES ('reach', old.campaign_id, 0) ON CONFLICT DO NOTHING;
+        END;
         """)
     for kind in KINDS.values():
         for event, rows in (("UPDATE", ("old", "new")), ("DELETE", ("old",))):

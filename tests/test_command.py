@@ -114,14 +114,15 @@ def test_charts_render_every_script_without_missing_glyphs(store, write, name):
     reply = run(f'/kpi "{name}" by weekday_hour', Context(store, now=NOW))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        charts = dict(reply.charts())
+        charts = dict(reply.charts(every=True))
     assert set(charts) == {"heatmap", "trend"}
+    assert [name for name, _ in reply.charts()] == ["heatmap"]
     w, h = _png_size(charts["trend"])
     assert 600 <= w <= 900 and 300 <= h <= 500
 
 
 def test_call_charts_include_dispositions(demo):
-    charts = dict(run("/kpi kc by disposition", demo).charts())
+    charts = dict(run("/kpi kc by disposition", demo).charts(every=True))
     assert set(charts) == {"by-disposition", "trend", "dispositions"}
 
 

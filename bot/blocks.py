@@ -1,0 +1,123 @@
+"""Block Kit for every reply, built with ``slack_sdk.models.blocks`` and validated against
+Slack's limits (at most 50 blocks, section text 3,000 characters, header 150, 10 fields),
+with the plain text of ``bot.text`` as the fallback."""
+from __future__ import annotations
+
+from slack_sdk.models.blocks import (ActionsBlock, Block, ButtonElement, ContextBlock,
+                                     DividerBlock, HeaderBlock, MarkdownTextObject,
+                                     PlainTextObject, SectionBlock)
+
+from metrics import kpis
+
+from . import text
+from .command import Reply
+
+MAX_BLOCKS = 50
+SECTION_TEXT = 3000
+HEADER_TEXT = 150
+FIELDS = 10
+FALLBACK_TEXT = 3000
+SHARE_ACTION = "kpi_share"
+
+
+def _cut(s: str, n: int) -> str:
+    return s if len(s) <= n else s[: n - 1] + "…"
+
+
+def _escape(s: str) -> str:
+    """Slack's three control characters in mrkdwn."""
+    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _code_sections(body: str, title: str | None = None) -> list[Block]:
+    """Monospaced text in as few sections as Slack's 3,000 characters allow."""
+    out: list[Block] = []
+    chunk: list[str] = []
+    size = 0
+    head = f"*{_escape(title)}*\n" if title else ""
+    for line in body.splitlines():
+        line = _escape(line)
+        if size + len(line) + 1 > SECTION_TEXT - 10 - len(head):
+            out.append(SectionBlock(text=MarkdownTextObject(text=head + "```" + "\n".join(chunk)
+                                                             + "```")))
+            chunk, size, head = [], 0, ""
+        chunk.append(line)
+        size += len(line) + 1
+    if chunk:
+        out.append(SectionBlock(text=MarkdownTextObject(text=head + "```" + "\n".join(chunk)
+                                                         + "```")))
+    return out
+
+
+def _metric_field(k: kpis.Kpi, v: kpis.Value, before: kpis.Value | None, currency) -> MarkdownTextObject:
+    lines = [f"*{k.label}*", f"{text.fmt_value(v, currency)}"]
+    frac = text.fraction(v)
+    if frac:
+        lines[1] += f"  ({frac})"
+    if before is not None:
+        ch = text.change(v, before, k.good)
+        if ch:
+            lines.append(ch)
+    return MarkdownTextObject(text=_cut(_escape("\n".join(lines)), 2000))
+
+
+def card_blocks(reply: Reply, command: str, share: bool = True) -> list[Block]:
+    rep = reply.report
+    c = rep.campaign
+    channels = " + ".join(text.CHANNEL_NAME[ch] for ch in rep.channels)
+    blocks: list[Block] = [
+        HeaderBlock(text=PlainTextObject(text=_cut(f"{c.name} · {channels}", HEADER_TEXT))),
+        ContextBlock(elements=[MarkdownTextObject(text=_cut(_escape(
+            text.period_text(rep) + (f" · compared with {rep.previous_period.label}"
+                                     if rep.previous else "")
+            + (f" · goal: {c.goal}" if c.goal else "")), 2000))]),
+    ]
+    for ch in rep.channels:
+        sec = rep.current[ch]
+        cur = text.currency_of(sec)
+        shown = text.shown_kpis(rep, ch)
+        if len(rep.channels) > 1:
+            blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*{text.CHANNEL_NAME[ch]}*")))
+        fields = [_metric_field(k, sec.metrics[k.name],
+                                rep.previous[ch].metrics[k.name] if rep.previous else None, cur)
+                  for k in shown]
+        for i in range(0, len(fields), FIELDS):
+            blocks.append(SectionBlock(fields=fields[i:i + FIELDS]))
+        if sec.dispositions:
+            blocks.append(SectionBlock(text=MarkdownTextObject(text=_cut(_escape(
+                "*Dispositions*: " + ", ".join(f"{n} {k:,} ({s * 100:.0f}%)"
+                                               for n, k, s in sec.dispositions[:10])),
+                SECTION_TEXT))))
+    if rep.dim:
+        blocks.append(DividerBlock())
+        blocks += _code_sections(text.breakdown_table(rep), f"By {rep.dim}")
+    if share:
+        blocks.append(ActionsBlock(elements=[ButtonElement(
+            text="Share in channel", action_id=SHARE_ACTION, value=_cut(command, 2000),
+            style="primary")]))
+    return blocks
+
+
+def text_blocks(body: str) -> list[Block]:
+    """Help, lists and errors: prose stays prose; tables are monospaced."""
+    if "  " in body and "\n" in body:      # an aligned table or usage: keep the columns
+        first, _, rest = body.partition("\n")
+        if "  " in first:                    # the table starts at once (its header row)
+            return _code_sections(body)
+        return [SectionBlock(text=MarkdownTextObject(text=_cut(_escape(first), SECTION_TEXT)))] \
+            + _code_sections(rest)
+    return [SectionBlock(text=MarkdownTextObject(text=_cut(_escape(body), SECTION_TEXT)))]
+
+
+def message(reply: Reply, command: str, *, share: bool = True) -> dict:
+    """The whole message: blocks (validated, within limits) and the fallback text."""
+    blocks = card_blocks(reply, command, share) if reply.report is not None else \
+        text_blocks(reply.text)
+    if len(blocks) > MAX_BLOCKS:
+        blocks = blocks[: MAX_BLOCKS - 1] + [ContextBlock(elements=[MarkdownTextObject(
+            text="… more than Slack shows in one message: use `kpibot ask` for all of it")])]
+    dicts = []
+    for b in blocks:
+        b.validate_json()       # raises SlackObjectFormationError past a limit
+        dicts.append(b.to_dict())
+    return {"text": _cut(reply.text, FALLBACK_TEXT), "blocks": dicts}

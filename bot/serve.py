@@ -1,0 +1,93 @@
+"""`kpibot serve`: Socket Mode when SLACK_APP_TOKEN is set, otherwise HTTP on
+/slack/events behind waitress (a production WSGI server, not Bolt's development one)."""
+from __future__ import annotations
+
+import logging
+from typing import Callable
+
+from metrics.errors import KpiBotError
+from metrics.store import Store
+
+from .app import Settings, create_app
+
+log = logging.getLogger("kpibot")
+PATH = "/slack/events"
+
+
+class ServeError(KpiBotError):
+    pass
+
+
+def check(settings: Settings) -> None:
+    """Say what is missing before anything starts."""
+    missing = []
+    if not settings.bot_token:
+        missing.append("SLACK_BOT_TOKEN (the app's Bot User OAuth Token, xoxb-...)")
+    if not settings.app_token and not settings.signing_secret:
+        missing.append("SLACK_SIGNING_SECRET (Basic Information > App Credentials), or "
+                       "SLACK_APP_TOKEN (xapp-...) for Socket Mode")
+    if missing:
+        raise ServeError("kpibot serve needs " + " and ".join(missing) + ".")
+
+
+def wsgi_app(settings: Settings, store_factory: Callable[[], Store], client=None):
+    from slack_bolt.adapter.wsgi import SlackRequestHandler
+    return SlackRequestHandler(create_app(settings, store_factory, client), path=PATH)
+
+
+def http_server(settings: Settings, store_factory: Callable[[], Store], host: str, port: int,
+                threads: int = 8, client=None):
+    """A waitress server (not yet running); ``port=0`` picks a free port."""
+    from waitress.server import create_server
+    return create_server(wsgi_app(settings, store_factory, client), host=host, port=port,
+                         threads=threads, ident="kpibot")
+
+
+def serve(settings: Settings, store_factory: Callable[[], Store], host: str, port: int) -> None:
+    check(settings)
+    try:
+        app = create_app(settings, store_factory)     # checks the token with auth.test
+    except Exception as exc:
+        raise ServeError(f"Slack did not accept the bot token at {settings.api_url} ({exc}); "
+                         "check SLACK_BOT_TOKEN and SLACK_API_URL.") from None
+    if settings.app_token:
+        from slack_bolt.adapter.socket_mode import SocketModeHandler
+        log.info("kpibot: connecting to Slack in Socket Mode")
+        SocketModeHandler(app, settings.app_token).start()
+        return
+    from slack_bolt.adapter.wsgi import SlackRequestHandler
+    from waitress.server import create_server
+    server = create_server(SlackRequestHandler(app, path=PATH), host=host, port=port, threads=8,
+                           ident="kpibot")
+    log.info("kpibot: listening on http://%s:%s%s", host, server.effective_port, PATH)
+    server.run()
+
+
+class Background:
+    """An HTTP server run in a thread (tests, benchmarks): ``with Background(server):``."""
+
+    def __init__(self, server):
+        import threading
+        self.server = server
+        self.closing = False
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.server.run()
+        except (OSError, ValueError):   # the socket closed under select() while stopping
+            if not self.closing:
+                raise
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.effective_port}{PATH}"
+
+    def __enter__(self) -> "Background":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.closing = True
+        self.server.close()
+        self.thread.join(timeout=5)
