@@ -28,7 +28,18 @@ from tests.fake_slack import FakeSlack  # noqa: E402
 from tests.test_slack import post, sign  # noqa: E402
 
 SECRET = "bench-secret"
-COMMANDS = ["black-friday", "black-friday 7d", "black-friday 30d by country", "list", "help"]
+
+
+def commands(db: str) -> list[str]:
+    """The whole card, the last 7 and 30 days of the data (as dates: the data ends when
+    it was generated, not today), a list and help."""
+    import datetime as dt
+    import sqlite3
+    last = sqlite3.connect(db).execute("SELECT MAX(sent_at) FROM messages").fetchone()[0]
+    end = dt.datetime.fromtimestamp(last, dt.timezone.utc).date()
+    week, month = end - dt.timedelta(days=6), end - dt.timedelta(days=29)
+    return ["black-friday", f"black-friday {week} {end}",
+            f"black-friday {month} {end} by country", "list", "help"]
 
 
 def main() -> None:
@@ -45,7 +56,7 @@ def main() -> None:
         url = app.url
         rows = []
         n = 0
-        for text in COMMANDS:
+        for text in commands(args.db):
             answer, ack, chart = [], [], []
             for i in range(args.repeat + 2):
                 n += 1

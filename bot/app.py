@@ -31,6 +31,7 @@ TIMEOUT_S = 10
 # manifest.yml must ask for exactly these scopes; tests check both ways.
 METHOD_SCOPES = {
     "auth.test": None,
+    "apps.connections.open": None,     # Socket Mode, with the app-level token's connections:write
     "files.getUploadURLExternal": "files:write",
     "files.completeUploadExternal": "files:write",
     "users.info": "users:read",
@@ -131,8 +132,9 @@ def create_app(settings: Settings, store_factory: Callable[[], Store],
     """A Bolt app with every listener registered. Requests with a bad or stale
     signature are refused by Bolt's request verification before any listener runs."""
     install_redaction()
-    app = App(token=settings.bot_token, signing_secret=settings.signing_secret,
-              client=client or web_client(settings), name="kpibot")
+    # the client carries the bot token (Bolt takes it from there)
+    app = App(signing_secret=settings.signing_secret, client=client or web_client(settings),
+              name="kpibot")
     from . import listeners
     listeners.register(app, Deps(settings, StorePerThread(store_factory)))
     return app

@@ -49,8 +49,9 @@ def _code_sections(body: str, title: str | None = None) -> list[Block]:
     return out
 
 
-def _metric_field(k: kpis.Kpi, v: kpis.Value, before: kpis.Value | None, currency) -> MarkdownTextObject:
-    lines = [f"*{k.label}*", f"{text.fmt_value(v, currency)}"]
+def _metric_field(k: kpis.Kpi, v: kpis.Value, before: kpis.Value | None, currency,
+                  headline: bool = False) -> MarkdownTextObject:
+    lines = [f"{'★ ' if headline else ''}*{k.label}*", f"{text.fmt_value(v, currency)}"]
     frac = text.fraction(v)
     if frac:
         lines[1] += f"  ({frac})"
@@ -78,8 +79,10 @@ def card_blocks(reply: Reply, command: str, share: bool = True) -> list[Block]:
         shown = text.shown_kpis(rep, ch)
         if len(rep.channels) > 1:
             blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*{text.CHANNEL_NAME[ch]}*")))
+        heads = {k.name for k in rep.headline(ch)}
         fields = [_metric_field(k, sec.metrics[k.name],
-                                rep.previous[ch].metrics[k.name] if rep.previous else None, cur)
+                                rep.previous[ch].metrics[k.name] if rep.previous else None, cur,
+                                k.name in heads)
                   for k in shown]
         for i in range(0, len(fields), FIELDS):
             blocks.append(SectionBlock(fields=fields[i:i + FIELDS]))

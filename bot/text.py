@@ -65,7 +65,7 @@ def change(now: kpis.Value, before: kpis.Value, good: str | None) -> str:
     if now.unit == "percent":
         if abs(diff) < 0.0005:
             return "= same"
-        text = f"{diff * 100:+.1f} pts"
+        text = f"{diff * 100:+,.0f} pts" if abs(diff) >= 1 else f"{diff * 100:+.1f} pts"
     else:
         if before.value == 0:
             return "new" if now.value else "= same"

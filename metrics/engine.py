@@ -14,7 +14,7 @@ from . import kpis
 from .errors import KpiBotError, UnknownCampaign
 from .names import name_key
 from .periods import Period
-from .rollup import CALL, KINDS, MESSAGE, REACHED, SLOT, Kind, slot_sql
+from .rollup import CALL, KINDS, MESSAGE, SLOT, Kind, slot_sql
 from .store import Store
 from .times import zone
 
@@ -206,8 +206,7 @@ class Reader:
         self._daily(channel, start, end, dim, out)
         if channel == "sms":
             if dim is None:
-                total = out.setdefault("", {})
-                total["reach"] = self.reach(start, end, total.get("delivered", 0))
+                out.setdefault("", {})["reach"] = self.reach(start, end)
         return out
 
     def _range(self, kind: Kind, start: int, end: int, rdim: str, rkey: str, ekey: str,
@@ -263,42 +262,24 @@ class Reader:
                 first_list = list_size
                 out[key]["list_size_start"] = list_size
 
-    def reach(self, start: int, end: int, delivered: int | None = None) -> int:
-        """Distinct recipients with a delivered message in [start, end).
-
-        The whole campaign: the size of its recipient set. Otherwise the cheaper of two
-        exact counts: the period's deliveries, made distinct (about 0.8 µs each), or one
-        pass over all the campaign's deliveries in recipient order, keeping those in the
-        period (about 0.15 µs each, no sort). ``delivered`` is the period's count."""
+    def reach(self, start: int, end: int) -> int:
+        """Distinct recipients with a delivered message in [start, end): for the whole
+        campaign the size of its recipient set, otherwise the period's deliveries whose
+        recipient had no delivery since before ``start`` (one range of the deliveries
+        table, about 0.1 µs a delivery, no sort)."""
         cid = self.campaign.id
-        first, last, total = self._deliveries()
+        first, last = (self.conn.execute(f"SELECT {agg}(sent_at) FROM deliveries WHERE "
+                                         "campaign_id = ?", (cid,)).fetchone()[0]
+                       for agg in ("MIN", "MAX"))
         if first is None or start > last or end <= first:
             return 0
         if start <= first and end > last:
             return self.conn.execute("SELECT COUNT(*) FROM campaign_recipients WHERE "
                                      "campaign_id = ?", (cid,)).fetchone()[0]
-        if delivered is not None and delivered * 5 < total:
-            return self.conn.execute(
-                "SELECT COUNT(DISTINCT recipient) FROM messages INDEXED BY messages_reach "
-                f"WHERE campaign_id = ? AND {REACHED} AND sent_at >= ? AND sent_at < ?",
-                (cid, start, end)).fetchone()[0]
         return self.conn.execute(
-            "SELECT COUNT(*) FROM (SELECT recipient FROM messages INDEXED BY "
-            f"messages_recipient_reach WHERE campaign_id = ? AND {REACHED} AND sent_at >= ? "
-            "AND sent_at < ? GROUP BY recipient)", (cid, start, end)).fetchone()[0]
-
-    def _deliveries(self) -> tuple[int | None, int | None, int]:
-        """First and last delivery time and the number of deliveries, from the index and
-        the rollup (cached for the reader's life: one answer)."""
-        if not hasattr(self, "_dcache"):
-            first, last = self.conn.execute(
-                "SELECT MIN(sent_at), MAX(sent_at) FROM messages INDEXED BY messages_reach "
-                f"WHERE campaign_id = ? AND {REACHED}", (self.campaign.id,)).fetchone()
-            total = self.conn.execute(
-                "SELECT COALESCE(SUM(delivered), 0) FROM message_rollup WHERE campaign_id = ? "
-                "AND dim = ''", (self.campaign.id,)).fetchone()[0]
-            self._dcache = (first, last, total)
-        return self._dcache
+            "SELECT COUNT(*) FROM deliveries WHERE campaign_id = ? AND sent_at >= ? AND "
+            "sent_at < ? AND (prev_at IS NULL OR prev_at < ?)",
+            (cid, start, end, start)).fetchone()[0]
 
     def extent(self) -> tuple[int, int] | None:
         """[first, last) of the campaign's data, whole slots / local days."""

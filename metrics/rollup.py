@@ -118,6 +118,7 @@ class Rollup:
         self.kind = KINDS[kind] if isinstance(kind, str) else kind
         self.delta = f"rollup_delta_{self.kind.name}"
         self._started = False
+        self.after_rowid: int | None = None
 
     def add_new_rows(self, after_rowid: int) -> None:
         """Count the events inserted with rowid > ``after_rowid``: call it once, after the
@@ -128,10 +129,7 @@ class Rollup:
         self.conn.execute(f"CREATE TEMP TABLE {self.delta} AS "
                           + _cube_select(self.kind, self.kind.table, "rowid > ?"), (after_rowid,))
         self._started = True
-        if self.kind is MESSAGE:
-            self.conn.execute(f"INSERT OR IGNORE INTO campaign_recipients SELECT campaign_id, "
-                              f"recipient FROM messages WHERE rowid > ? AND {REACHED}",
-                              (after_rowid,))
+        self.after_rowid = after_rowid
 
     def finish(self) -> None:
         """Merge the counted new rows into the rollup and recompute every dirty slot."""
@@ -163,7 +161,8 @@ class Rollup:
             conn.execute("DROP TABLE temp.rollup_redo")
             conn.execute("DELETE FROM rollup_dirty WHERE kind = ?", (k.name,))
         if k is MESSAGE:
-            recount_reach(conn)
+            refresh_reach(conn, self.after_rowid)
+            self.after_rowid = None
 
     def _merge(self, cube: str, add: bool) -> None:
         k = self.kind
@@ -178,19 +177,57 @@ class Rollup:
                 f"GROUP BY campaign_id, slot, {key}{conflict}")
 
 
-def recount_reach(conn: sqlite3.Connection, everything: bool = False) -> None:
-    """Recount the recipients of the campaigns whose deliveries changed (all: ``everything``)."""
-    if everything:
+_LAG = ("LAG(m.sent_at) OVER (PARTITION BY m.campaign_id, m.recipient "
+        "ORDER BY m.sent_at, m.id)")
+_REACHED_M = REACHED.replace("direction", "m.direction").replace("status", "m.status") \
+    .replace("recipient", "m.recipient")
+
+
+def refresh_reach(conn: sqlite3.Connection, after_rowid: int | None = None,
+                  everything: bool = False) -> None:
+    """Keep ``deliveries`` and ``campaign_recipients`` (see the schema) in step with the
+    messages: the recipients of rows inserted after ``after_rowid`` are recomputed, and
+    every campaign whose deliveries changed otherwise (marked by a trigger) in full."""
+    if everything or after_rowid is not None and after_rowid <= 0 and not conn.execute(
+            "SELECT 1 FROM deliveries LIMIT 1").fetchone():
+        conn.execute("DELETE FROM deliveries")
         conn.execute("DELETE FROM campaign_recipients")
         conn.execute(f"INSERT INTO campaign_recipients SELECT DISTINCT campaign_id, recipient "
                      f"FROM messages WHERE {REACHED}")
-    else:
-        for (cid,) in conn.execute(
-                "SELECT campaign_id FROM rollup_dirty WHERE kind = 'reach'").fetchall():
-            conn.execute("DELETE FROM campaign_recipients WHERE campaign_id = ?", (cid,))
-            conn.execute(f"INSERT INTO campaign_recipients SELECT DISTINCT campaign_id, "
-                         f"recipient FROM messages WHERE campaign_id = ? AND {REACHED}", (cid,))
+        conn.execute(f"INSERT INTO deliveries SELECT m.campaign_id, m.sent_at, m.id, {_LAG} "
+                     f"FROM messages AS m INDEXED BY messages_reach WHERE {_REACHED_M}")
+        conn.execute("DELETE FROM rollup_dirty WHERE kind = 'reach'")
+        return
+    dirty = [cid for (cid,) in conn.execute(
+        "SELECT campaign_id FROM rollup_dirty WHERE kind = 'reach'").fetchall()]
+    for cid in dirty:
+        conn.execute("DELETE FROM campaign_recipients WHERE campaign_id = ?", (cid,))
+        conn.execute("DELETE FROM deliveries WHERE campaign_id = ?", (cid,))
+        conn.execute(f"INSERT INTO campaign_recipients SELECT DISTINCT campaign_id, recipient "
+                     f"FROM messages WHERE campaign_id = ? AND {REACHED}", (cid,))
+        conn.execute(f"INSERT INTO deliveries SELECT m.campaign_id, m.sent_at, m.id, {_LAG} "
+                     f"FROM messages AS m INDEXED BY messages_reach WHERE m.campaign_id = ? "
+                     f"AND {_REACHED_M}", (cid,))
     conn.execute("DELETE FROM rollup_dirty WHERE kind = 'reach'")
+    if after_rowid is None:
+        return
+    # recipients with a new delivery, in campaigns not already redone above
+    conn.execute("DROP TABLE IF EXISTS temp.reach_touched")
+    conn.execute("CREATE TEMP TABLE reach_touched (campaign_id INTEGER NOT NULL, recipient "
+                 "BLOB NOT NULL, PRIMARY KEY (campaign_id, recipient)) WITHOUT ROWID")
+    conn.execute(f"INSERT OR IGNORE INTO temp.reach_touched SELECT campaign_id, recipient "
+                 f"FROM messages WHERE rowid > ? AND {REACHED}", (after_rowid,))
+    if dirty:
+        conn.execute(f"DELETE FROM temp.reach_touched WHERE campaign_id IN "
+                     f"({', '.join('?' * len(dirty))})", dirty)
+    conn.execute("INSERT OR IGNORE INTO campaign_recipients SELECT * FROM temp.reach_touched")
+    join = ("temp.reach_touched AS t JOIN messages AS m INDEXED BY messages_reach ON "
+            f"m.campaign_id = t.campaign_id AND m.recipient = t.recipient WHERE {_REACHED_M}")
+    conn.execute("DELETE FROM deliveries WHERE (campaign_id, sent_at, message_id) IN "
+                 f"(SELECT m.campaign_id, m.sent_at, m.id FROM {join})")
+    conn.execute(f"INSERT INTO deliveries SELECT m.campaign_id, m.sent_at, m.id, {_LAG} "
+                 f"FROM {join}")
+    conn.execute("DROP TABLE temp.reach_touched")
 
 
 def rebuild(conn: sqlite3.Connection, kind: Kind | str | None = None) -> None:
@@ -201,4 +238,4 @@ def rebuild(conn: sqlite3.Connection, kind: Kind | str | None = None) -> None:
         r = Rollup(conn, k)
         r.add_new_rows(-1 << 62)
         r.finish()
-    recount_reach(conn, everything=True)
+    refresh_reach(conn, everything=True)

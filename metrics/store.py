@@ -156,7 +156,7 @@ def m001_core(db: sqlite_utils.Database) -> None:
 @migrations()
 def m002_rollups(db: sqlite_utils.Database) -> None:
     """Rollup tables for fast answers (filled by ``metrics.rollup``), the triggers that
-    mark slots dirty when events change, and the index reach is counted from."""
+    mark slots dirty when events change, and what reach is counted from."""
     from .rollup import KINDS, rebuild, slot_sql
     for kind in KINDS.values():
         counters = ",\n            ".join(f"{c} {'REAL' if c == 'talk_seconds' else 'INTEGER'} "
@@ -179,23 +179,30 @@ def m002_rollups(db: sqlite_utils.Database) -> None:
             slot INTEGER NOT NULL,
             PRIMARY KEY (kind, campaign_id, slot)
         ) WITHOUT ROWID;
-        -- Reach: the delivered messages of a period, with their recipients, in time order
-        -- (a short period: count its deliveries' distinct recipients) and in recipient order
-        -- (a long one: one pass over the campaign, distinct without a sort)...
-        CREATE INDEX messages_reach ON messages(campaign_id, sent_at, recipient)
-            WHERE direction = 'outbound' AND status = 'delivered' AND recipient IS NOT NULL;
-        CREATE INDEX messages_recipient_reach ON messages(campaign_id, recipient, sent_at)
-            WHERE direction = 'outbound' AND status = 'delivered' AND recipient IS NOT NULL;
-        -- ... and every recipient a campaign ever reached, for its whole-life reach.
+        -- Reach. Every delivered message with the time of the same recipient's previous
+        -- delivery in the campaign: the distinct recipients of [s, e) are the deliveries in
+        -- [s, e) whose previous one is before s (or none), a count over one index range.
+        CREATE TABLE deliveries (
+            campaign_id INTEGER NOT NULL,
+            sent_at INTEGER NOT NULL,
+            message_id INTEGER NOT NULL,
+            prev_at INTEGER,
+            PRIMARY KEY (campaign_id, sent_at, message_id)
+        ) WITHOUT ROWID;
+        -- ... every recipient a campaign ever reached, for its whole-life reach ...
         CREATE TABLE campaign_recipients (
             campaign_id INTEGER NOT NULL,
             recipient BLOB NOT NULL,
             PRIMARY KEY (campaign_id, recipient)
         ) WITHOUT ROWID;
+        -- ... both kept from the deliveries in recipient order.
+        CREATE INDEX messages_reach ON messages(campaign_id, recipient, sent_at)
+            WHERE direction = 'outbound' AND status = 'delivered' AND recipient IS NOT NULL;
         -- A change to who was reached marks the campaign for a recount.
         CREATE TRIGGER messages_reach_update AFTER UPDATE ON messages
         WHEN old.status IS NOT new.status OR old.recipient IS NOT new.recipient
              OR old.campaign_id != new.campaign_id OR old.direction != new.direction
+             OR old.sent_at != new.sent_at
         BEGIN
             INSERT INTO rollup_dirty VALUES ('reach', old.campaign_id, 0), ('reach', new.campaign_id, 0)
             ON CONFLICT DO NOTHING;

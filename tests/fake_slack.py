@@ -22,7 +22,9 @@ class Call:
 
 
 class FakeSlack:
-    def __init__(self, admins: set[str] = frozenset(), groups: dict | None = None):
+    def __init__(self, admins: set[str] = frozenset(), groups: dict | None = None,
+                 socket_url: str | None = None):
+        self.socket_url = socket_url      # what apps.connections.open hands out
         self.calls: list[Call] = []
         self.scripted: dict[str, list[tuple[int, dict, dict]]] = {}
         self.admins = set(admins)
@@ -147,6 +149,8 @@ class FakeSlack:
                 else p.get("files", [])
             return {"ok": True, "files": [{"id": f.get("id"), "title": f.get("title")}
                                           for f in files]}
+        if method == "apps.connections.open" and self.socket_url:
+            return {"ok": True, "url": self.socket_url}
         if method == "users.info":
             uid = p.get("user")
             return {"ok": True, "user": {"id": uid, "is_admin": uid in self.admins,

@@ -8,6 +8,7 @@ import hmac
 import json
 import logging
 import re
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -88,7 +89,7 @@ def test_kpi_is_acknowledged_at_once_and_answered_at_the_response_url(served):
     assert types[0] == "header" and types[-1] == "actions" and len(types) <= 50
     assert msg["blocks"][0]["text"]["text"] == "kat · SMS"
     fields = [f["text"] for b in msg["blocks"] if b["type"] == "section" for f in b.get("fields", [])]
-    assert any(f.startswith("*Delivery rate*\n50.0%  (4 / 8)") for f in fields)
+    assert any(f.startswith("★ *Delivery rate*\n50.0%  (4 / 8)") for f in fields)   # headline
     button = msg["blocks"][-1]["elements"][0]
     assert (button["action_id"], button["value"], button["text"]["text"]) == (
         "kpi_share", "kat", "Share in channel")
@@ -316,3 +317,55 @@ def test_kpibot_serve_as_a_user_runs_it(tmp_path, write):
             proc.terminate()
             out = proc.communicate(timeout=10)[1]
     assert TOKEN not in out and SECRET not in out
+
+
+def test_kpibot_serve_in_socket_mode(tmp_path, write):
+    """Socket Mode: `kpibot serve` with SLACK_APP_TOKEN opens a WebSocket from the URL that
+    apps.connections.open gives, acknowledges a /kpi envelope and answers it."""
+    import os
+    import subprocess
+    import sys
+    ws_server = pytest.importorskip("websockets.sync.server")
+    db = tmp_path / "kpibot.db"
+    s = Store(db)
+    import_file(s, write("sms.csv", SMS))
+    s.close()
+    acks, errors = [], []
+
+    def session(ws):
+        try:
+            ws.send(json.dumps({"type": "hello", "num_connections": 1,
+                                "debug_info": {"host": "fake"}}))
+            ws.send(json.dumps({"envelope_id": "env-1", "type": "slash_commands",
+                                "accepts_response_payload": True,
+                                "payload": slash(fake, "kat", name="socket")}))
+            while True:
+                msg = json.loads(ws.recv(timeout=20))
+                if msg.get("envelope_id"):
+                    acks.append(msg)
+        except Exception as exc:      # the client went away at the end
+            errors.append(exc)
+
+    with ws_server.serve(session, "127.0.0.1", 0) as wss:
+        threading.Thread(target=wss.serve_forever, daemon=True).start()
+        port = wss.socket.getsockname()[1]
+        with FakeSlack(socket_url=f"ws://127.0.0.1:{port}/link") as fake:
+            env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_APP_TOKEN": "xapp-1-test",
+                   "SLACK_API_URL": fake.api_url, "KPIBOT_DB": str(db)}
+            env.pop("SLACK_SIGNING_SECRET", None)
+            proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], cwd=ROOT,
+                                    env=env, stderr=subprocess.PIPE, text=True)
+            try:
+                (resp,) = fake.wait_for("response", timeout=30)
+                assert "Delivery rate" in resp.params["text"]
+                assert fake.of("apps.connections.open")[0].headers["Authorization"] == \
+                    "Bearer xapp-1-test"
+                deadline = time.monotonic() + 10
+                while not acks and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert acks and acks[0]["envelope_id"] == "env-1"
+            finally:
+                proc.terminate()
+                out = proc.communicate(timeout=10)[1]
+            wss.shutdown()
+    assert "xapp-1-test" not in out and TOKEN not in out
