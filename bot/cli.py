@@ -271,6 +271,35 @@ def serve(port: int, host: str, db: str | None) -> None:
         raise click.ClickException(str(exc))
 
 
+@main.group()
+def alerts() -> None:
+    """Threshold alerts (rules are managed with `/kpi alert ...`, or `kpibot ask`)."""
+
+
+@alerts.command("check")
+@click.option("--dry-run", is_flag=True, help="Show what would be posted; change nothing.")
+@db_option
+def alerts_check(dry_run: bool, db: str | None) -> None:
+    """Evaluate every alert rule now and show the transitions."""
+    import time
+
+    from metrics import alerts as al
+
+    from .text import notice_text
+    if not dry_run:
+        raise click.ClickException("posting alerts to Slack is not built yet (issue 5); "
+                                   "use --dry-run to see what would be posted")
+    store = _store(db)
+    try:
+        notices = al.evaluate(store, int(time.time()), dry_run=True)
+        if not notices:
+            click.echo(f"{len(al.rules(store))} rule(s) checked: nothing to post.")
+        for n in notices:
+            click.echo(f"would post in {n.rule.channel or '(no channel)'}: {notice_text(n.payload())}")
+    finally:
+        store.close()
+
+
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
 @db_option

@@ -4,6 +4,7 @@ CLI (``kpibot ask``) both call :func:`run`; neither knows how a subcommand works
 """
 from __future__ import annotations
 
+import datetime as dt
 import difflib
 import html
 import re
@@ -28,10 +29,12 @@ USAGE = {
     "compare": "/kpi compare <campaign-a> <campaign-b>",
     "ab": "/kpi ab <campaign> [metric]",
     "top": "/kpi top <metric> [since]",
-    "alert": "/kpi alert add|list|remove|snooze ...",
+    "alert": "/kpi alert add <campaign or *> <metric> <op> <value> [min <n>] [window <dur>] "
+             "[recover <value>] [renotify <dur>] [in #channel] | alert list | "
+             "alert remove <id> | alert snooze <id> <dur>",
     "digest": "/kpi digest add|list|remove|preview ...",
 }
-NOT_YET = ("compare", "ab", "top", "alert", "digest")   # in the contract, not built yet
+NOT_YET = ("compare", "ab", "top", "digest")   # in the contract, not built yet
 STATE_CHANGING = ("goal", "northstar", "alert", "digest", "import")
 EXAMPLES = ["/kpi list", "/kpi black-friday", "/kpi black-friday 7d",
             "/kpi \"spring sale\" 2026-10-01 2026-10-31 by country",
@@ -55,6 +58,7 @@ class Token:
 class Context:
     store: Store
     now: int | None = None
+    channel: str | None = None     # where the command was typed (Slack)
     user: str | None = None
     is_admin: bool = True      # the CLI user owns the database; Slack decides per user
 
@@ -203,6 +207,113 @@ def cmd_card(ctx: Context, args: list[Token]) -> Reply:
     return Reply(text.card(rep), text.card_json(rep), report=rep, charts=charts)
 
 
+_DURATION = re.compile(r"^(\d{1,5})([mhdw])$")
+
+
+def duration(word: str) -> int:
+    m = _DURATION.match(word.lower())
+    if not m or int(m.group(1)) == 0:
+        raise UsageError(f"'{word}' is not a duration (like 30m, 24h, 7d, 2w)")
+    return int(m.group(1)) * {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}[m.group(2)]
+
+
+def _threshold(word: str, metric: str) -> float:
+    percent = any(metric in kpis.REGISTRY[ch] and kpis.REGISTRY[ch][metric].unit == "percent"
+                  for ch in kpis.REGISTRY)
+    w = word.replace(",", "")
+    try:
+        if w.endswith("%"):
+            if not percent:
+                raise UsageError(f"{metric} is not a rate: write a plain number, not '{word}'")
+            return float(w[:-1]) / 100
+        value = float(w)
+    except ValueError:
+        raise UsageError(f"'{word}' is not a number") from None
+    if percent:
+        raise UsageError(f"{metric} is a rate: write the threshold as a percentage, e.g. "
+                         f"{word}%")
+    return value
+
+
+def cmd_alert(ctx: Context, args: list[Token]) -> Reply:
+    from metrics import alerts
+    sub = args[0].text.lower() if args else "list"
+    rest = args[1:]
+    if sub == "list":
+        rules = alerts.rules(ctx.store)
+        data = [{"id": r.id, "rule": r.describe(), "campaign": r.campaign, "metric": r.metric,
+                 "op": r.op, "threshold": r.threshold, "recovery": r.recovery, "unit": r.unit,
+                 "window_s": r.window_s, "min_volume": r.min_volume, "channel": r.channel,
+                 "muted": r.muted, "snoozed_until": r.snoozed_until,
+                 "states": alerts.states(ctx.store, r.id)} for r in rules]
+        return Reply(text.alert_list(data, zone(ctx.store.timezone()), ctx.now_ts()),
+                     {"alerts": data})
+    _admin(ctx, f"alert {sub}")
+    if sub == "add":
+        names = kpis.all_names()
+        i = next((j for j, t in enumerate(rest) if t.text.lower() in names), None)
+        if i is None or i == 0 or len(rest) < i + 3:
+            raise UsageError("an alert needs a campaign (or *), a metric, a comparison and a "
+                             "value, e.g. `/kpi alert add spring-sale opt_out_rate > 2%`",
+                             USAGE["alert"])
+        campaign = " ".join(t.text for t in rest[:i])
+        metric, op, value = rest[i].text.lower(), rest[i + 1].text, rest[i + 2].text
+        if op not in alerts.OPS:
+            raise UsageError(f"'{op}' is not a comparison (use >, >=, < or <=)", USAGE["alert"])
+        opts: dict = {"channel": ctx.channel}
+        j = i + 3
+        while j < len(rest):
+            word = rest[j].text.lower()
+            arg = rest[j + 1] if j + 1 < len(rest) else None
+            if arg is None:
+                raise UsageError(f"'{word}' needs a value", USAGE["alert"])
+            if word == "min":
+                if not arg.text.isdigit():
+                    raise UsageError(f"min needs a whole number, not '{arg.text}'")
+                opts["min_volume"] = int(arg.text)
+            elif word == "window":
+                opts["window_s"] = duration(arg.text)
+            elif word == "renotify":
+                opts["renotify_s"] = duration(arg.text)
+            elif word == "recover":
+                opts["recovery"] = _threshold(arg.text, metric)
+            elif word == "in":
+                opts["channel"] = arg.text
+            else:
+                raise UsageError(f"'{rest[j].text}' is not an alert option (min, window, "
+                                 "recover, renotify, in)", USAGE["alert"])
+            j += 2
+        try:
+            rule = alerts.add_rule(ctx.store, campaign, metric, op, _threshold(value, metric),
+                                   created_by=ctx.user, **opts)
+        except alerts.AlertError as exc:
+            raise UsageError(str(exc), USAGE["alert"]) from None
+        where = f" in <#{rule.channel}>" if rule.channel and not rule.channel.startswith("#") \
+            else (f" in {rule.channel}" if rule.channel else "")
+        who = "every campaign:" if rule.campaign == "*" else rule.campaign
+        return Reply(f"Alert #{rule.id} added: {who} {rule.describe()}{where}.",
+                     {"id": rule.id, "rule": rule.describe()})
+    if sub in ("remove", "snooze"):
+        if not rest or not rest[0].text.lstrip("#").isdigit():
+            raise UsageError("which alert? (its number from `/kpi alert list`)", USAGE["alert"])
+        rid = int(rest[0].text.lstrip("#"))
+        try:
+            if sub == "remove":
+                rule = alerts.remove_rule(ctx.store, rid)
+                return Reply(f"Alert #{rid} removed ({rule.describe()}).", {"removed": rid})
+            if len(rest) < 2:
+                raise UsageError("snooze for how long? e.g. `/kpi alert snooze 3 1d`",
+                                 USAGE["alert"])
+            until = ctx.now_ts() + duration(rest[1].text)
+            alerts.snooze(ctx.store, rid, until)
+        except alerts.AlertError as exc:
+            raise UsageError(str(exc)) from None
+        when = dt.datetime.fromtimestamp(until, zone(ctx.store.timezone()))
+        return Reply(f"Alert #{rid} snoozed until {when:%Y-%m-%d %H:%M %Z}.",
+                     {"snoozed": rid, "until": when.isoformat()})
+    raise UsageError(f"'{sub}' is not an alert command", USAGE["alert"])
+
+
 def _not_yet(name: str) -> Callable:
     def handler(ctx: Context, args: list[Token]) -> Reply:
         if name in STATE_CHANGING and args and args[0].text.lower() not in ("list", "preview"):
@@ -217,6 +328,7 @@ COMMANDS: dict[str, Callable[[Context, list[Token]], Reply]] = {
     "list": cmd_list,
     "goal": cmd_goal,
     "northstar": cmd_northstar,
+    "alert": cmd_alert,
     **{name: _not_yet(name) for name in NOT_YET},
 }
 

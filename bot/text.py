@@ -221,3 +221,44 @@ def help_text(usage: dict, examples: list[str], not_yet: tuple) -> str:
               "", "Examples:"] + [f"  {e}" for e in examples]
     lines += ["", "Coming later: " + ", ".join(f"/kpi {n}" for n in not_yet) + "."]
     return "\n".join(lines)
+
+
+def alert_list(rules: list[dict], tz, now: int) -> str:
+    if not rules:
+        return ("No alerts yet. Add one, e.g. `/kpi alert add * opt_out_rate > 2% min 200 "
+                "window 24h`.")
+    lines = []
+    for r in rules:
+        flags = " (muted)" if r["muted"] else ""
+        if r["snoozed_until"] and r["snoozed_until"] > now:
+            flags += f" (snoozed until {dt.datetime.fromtimestamp(r['snoozed_until'], tz):%Y-%m-%d %H:%M})"
+        where = f" → <#{r['channel']}>" if r["channel"] and not r["channel"].startswith("#") \
+            else (f" → {r['channel']}" if r["channel"] else "")
+        lines.append(f"#{r['id']} {r['campaign']} {r['rule']}{where}{flags}")
+        for st in r["states"]:
+            checked = dt.datetime.fromtimestamp(st["last_checked"], tz) if st["last_checked"] else None
+            if st["last_note"] or st["last_value"] is None:
+                result = st["last_note"] or "no data"
+            elif r["unit"] == "percent":
+                result = (f"{st['last_value'] * 100:.2f}% "
+                          f"({st['last_numerator']:,g} / {st['last_denominator']:,g})")
+            else:
+                result = f"{st['last_value']:,g}"
+            lines.append(f"    {st['campaign']}: {st['state']}, last {result}"
+                         + (f" at {checked:%Y-%m-%d %H:%M}" if checked else ""))
+    return "\n".join(lines)
+
+
+def notice_text(p: dict) -> str:
+    """One alert post's text, from a claimed post's payload."""
+    def fmt(x):
+        return f"{x * 100:.2f}%" if p["unit"] == "percent" else f"{x:,g}"
+    head = {"firing": "🔴 Alert", "still firing": "🔴 Still firing",
+            "recovered": "✅ Recovered"}[p["kind"]]
+    frac = (f" ({p['numerator']:,g} / {p['denominator']:,g})"
+            if p["denominator"] is not None else "")
+    rule = f"{p['op']} {fmt(p['threshold'])}"
+    if p["kind"] == "recovered" and p.get("recovery") is not None:
+        rule += f", recovery at {fmt(p['recovery'])}"
+    return (f"{head}: {p['campaign']} {p['metric']} is {fmt(p['value'])}{frac} over the last "
+            f"{p['window_text']} (rule #{p['rule_id']}: {rule})")

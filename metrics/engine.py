@@ -120,6 +120,16 @@ def campaigns(store: Store) -> list[dict]:
     return out
 
 
+def campaigns_with_channel(store: Store, channel: str) -> list[Campaign]:
+    """Campaigns with any events or daily rows of ``channel`` ('sms' or 'call')."""
+    rollup = CHANNEL_KIND[channel].rollup
+    return [Campaign(*r) for r in store.conn.execute(
+        f"""SELECT id, name, channel, goal FROM campaigns c
+            WHERE EXISTS (SELECT 1 FROM {rollup} r WHERE r.campaign_id = c.id)
+               OR EXISTS (SELECT 1 FROM daily d WHERE d.campaign_id = c.id AND d.channel = ?)
+            ORDER BY name_key""", (channel,))]
+
+
 def find_campaign(store: Store, name: str) -> Campaign:
     """The campaign called ``name`` (case-insensitive, Unicode-normalised), or
     UnknownCampaign with the closest names."""

@@ -220,6 +220,61 @@ def m002_rollups(db: sqlite_utils.Database) -> None:
                        "ON CONFLICT DO NOTHING; END")
     rebuild(db.conn)
 
+
+@migrations()
+def m003_alerts(db: sqlite_utils.Database) -> None:
+    """Alert rules, the state machine of each rule-and-campaign pair, and the posts
+    claimed before they are sent (so that no post goes out twice)."""
+    db.executescript(
+        """
+        CREATE TABLE alert_rules (
+            id INTEGER PRIMARY KEY,
+            campaign TEXT NOT NULL,            -- a campaign's name, or '*'
+            metric TEXT NOT NULL,
+            op TEXT NOT NULL CHECK (op IN ('>', '>=', '<', '<=')),
+            threshold REAL NOT NULL,           -- rates as fractions: 2% is 0.02
+            recovery REAL,                     -- back to ok only past this (stops flapping)
+            window_s INTEGER NOT NULL,         -- trailing window evaluated
+            min_volume INTEGER NOT NULL,       -- the rate's denominator must reach this
+            renotify_s INTEGER,                -- post again while firing, this often
+            channel TEXT,                      -- Slack channel id to post in
+            muted INTEGER NOT NULL DEFAULT 0,
+            snoozed_until INTEGER,             -- the rule's pairs post nothing until then
+            created_by TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE TABLE alert_states (
+            rule_id INTEGER NOT NULL REFERENCES alert_rules(id) ON DELETE CASCADE,
+            campaign_id INTEGER NOT NULL REFERENCES campaigns(id),
+            state TEXT NOT NULL CHECK (state IN ('ok', 'firing', 'resolved')),
+            episode INTEGER NOT NULL DEFAULT 0,   -- how many times it started firing
+            since INTEGER NOT NULL,               -- when it entered this state
+            snoozed_until INTEGER,
+            last_checked INTEGER,
+            last_value REAL,
+            last_numerator REAL,
+            last_denominator REAL,
+            last_note TEXT,                       -- e.g. 'below minimum volume'
+            last_posted INTEGER,
+            PRIMARY KEY (rule_id, campaign_id)
+        );
+        CREATE TABLE posts (
+            key TEXT PRIMARY KEY,               -- what is posted, e.g. alert:3:7:1:fire
+            kind TEXT NOT NULL,                 -- alert or digest
+            channel TEXT,
+            payload TEXT NOT NULL,              -- JSON of what to say
+            status TEXT NOT NULL CHECK (status IN ('claimed', 'sent', 'failed')),
+            claimed_at INTEGER NOT NULL,
+            claimed_by TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_attempt INTEGER,
+            sent_at INTEGER,
+            ts TEXT,                            -- Slack's message ts, for threading
+            error TEXT
+        );
+        CREATE INDEX posts_pending ON posts(status, next_attempt) WHERE status != 'sent';
+        """)
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 

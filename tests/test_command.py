@@ -139,3 +139,36 @@ def test_cli_ask_kpi_and_list(tmp_path, write):
     assert "kc" in res.output and "call" in res.output
     res = runner.invoke(main, ["ask", "--db", db, "/kpi nope"])
     assert res.exit_code == 2 and "No campaign called 'nope'" in res.output
+
+
+def test_alert_subcommands(demo):
+    r = run('/kpi alert add "весенняя АКЦИЯ" opt_out_rate > 2% min 5 window 24h recover 1.5% '
+            'in <#C9|alerts>', demo)
+    assert r.ok, r.text
+    assert r.text == ("Alert #1 added: Весенняя акция opt_out_rate > 2%, recovers at 1.5% over "
+                      "1d, min 5 in <#C9>.")
+    demo.channel = "CHERE"
+    assert run("/kpi alert add * delivery_rate < 90%", demo).text.startswith(
+        "Alert #2 added: every campaign: delivery_rate < 90% over 1d, min 100 in <#CHERE>")
+    listed = run("/kpi alert list", demo)
+    assert [a["id"] for a in listed.data["alerts"]] == [1, 2]
+    assert "#1 Весенняя акция opt_out_rate > 2%" in listed.text
+    snoozed = run("/kpi alert snooze 1 1d", demo)
+    assert snoozed.ok and snoozed.data["until"].startswith("2026-03-04T12:00")
+    assert run("/kpi alert remove 2", demo).ok
+    assert [a["id"] for a in run("/kpi alert list", demo).data["alerts"]] == [1]
+    for bad, why in [("/kpi alert add kc answer_rate < 40", "write the threshold as a percentage"),
+                     ("/kpi alert add kc dialed > 2%", "dialed is not a rate"),
+                     ("/kpi alert add kc answer_rate => 2%", "not a comparison"),
+                     ("/kpi alert add kc answer_rate < 40% every 5m", "not an alert option"),
+                     ("/kpi alert add kc answer_rate < 40% window 0d", "not a duration"),
+                     ("/kpi alert add kc answer_rate < 40% recover 30%", "good side"),
+                     ("/kpi alert add kc opt_out_rate > 2%", "does not apply to kc (call only)"),
+                     ("/kpi alert add nope opt_out_rate > 2%", "No campaign called 'nope'"),
+                     ("/kpi alert remove 99", "there is no alert #99"),
+                     ("/kpi alert snooze 1", "snooze for how long")]:
+        r = run(bad, demo)
+        assert not r.ok and why in r.text, (bad, r.text)
+    demo.is_admin = False
+    assert "only admins" in run("/kpi alert add kc answer_rate < 40%", demo).text
+    assert run("/kpi alert list", demo).ok            # anyone may look

@@ -64,7 +64,7 @@ def answer(deps, command: dict, client: WebClient) -> Reply:
     text_in = command.get("text", "")
     user_id = command.get("user_id", "")
     send = webhook(command["response_url"], deps.settings.timeout)
-    ctx = Context(deps.store(), user=user_id, is_admin=False)
+    ctx = Context(deps.store(), user=user_id, is_admin=False, channel=command.get("channel_id"))
     if _head(text_in) in STATE_CHANGING:
         ctx.is_admin = is_admin(client, deps.settings.admins, user_id)
     try:
