@@ -32,6 +32,7 @@ TIMEOUT_S = 10
 METHOD_SCOPES = {
     "auth.test": None,
     "apps.connections.open": None,     # Socket Mode, with the app-level token's connections:write
+    "chat.postMessage": "chat:write",
     "files.getUploadURLExternal": "files:write",
     "files.completeUploadExternal": "files:write",
     "users.info": "users:read",

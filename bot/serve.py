@@ -50,6 +50,11 @@ def serve(settings: Settings, store_factory: Callable[[], Store], host: str, por
     except Exception as exc:
         raise ServeError(f"Slack did not accept the bot token at {settings.api_url} ({exc}); "
                          "check SLACK_BOT_TOKEN and SLACK_API_URL.") from None
+    from .scheduler import build
+    scheduler = build(store_factory, app.client)
+    scheduler.start()
+    log.info("kpibot: alert checks every %s s", int(scheduler.get_job("alerts").trigger
+                                                  .interval.total_seconds()))
     if settings.app_token:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
         log.info("kpibot: connecting to Slack in Socket Mode")

@@ -151,8 +151,10 @@ def snooze(store: Store, rule_id: int, until: int, campaign_id: int | None = Non
             conn.execute("UPDATE alert_states SET snoozed_until = ? WHERE rule_id = ?",
                          (until, rule_id))
         else:
-            conn.execute("UPDATE alert_states SET snoozed_until = ? WHERE rule_id = ? AND "
-                         "campaign_id = ?", (until, rule_id, campaign_id))
+            conn.execute("INSERT INTO alert_states(rule_id, campaign_id, state, since, "
+                         "snoozed_until) VALUES (?, ?, 'ok', CAST(strftime('%s', 'now') AS "
+                         "INTEGER), ?) ON CONFLICT(rule_id, campaign_id) DO UPDATE SET "
+                         "snoozed_until = excluded.snoozed_until", (rule_id, campaign_id, until))
 
 
 def mute(store: Store, rule_id: int, muted: bool = True) -> None:
@@ -306,13 +308,27 @@ def states(store: Store, rule_id: int) -> list[dict]:
 # -- delivering claimed posts -----------------------------------------------------------------
 
 def pending(store: Store, now: int, kind: str | None = None) -> list[dict]:
-    """Claimed posts not yet sent whose (re)try is due, oldest first."""
+    """Claimed posts not yet sent whose (re)try is due, oldest first (a post another
+    sender is sending right now is not due until its lease ends)."""
     rows = store.conn.execute(
         "SELECT key, kind, channel, payload, attempts FROM posts WHERE status != 'sent' AND "
-        "COALESCE(next_attempt, 0) <= ? AND (? IS NULL OR kind = ?) ORDER BY claimed_at, key",
-        (now, kind, kind)).fetchall()
+        "COALESCE(next_attempt, 0) <= ? AND (status != 'sending' OR lease_until <= ?) AND "
+        "(? IS NULL OR kind = ?) ORDER BY claimed_at, key", (now, now, kind, kind)).fetchall()
     return [{"key": k, "kind": kd, "channel": ch, "payload": json.loads(p), "attempts": a}
             for k, kd, ch, p, a in rows]
+
+
+SEND_LEASE_S = 120
+
+
+def take(store: Store, key: str, now: int, sender: str) -> bool:
+    """Take a due post for sending; False when another sender has it (or sent it)."""
+    with store.transaction() as conn:
+        return conn.execute(
+            "UPDATE posts SET status = 'sending', claimed_by = ?, lease_until = ? WHERE key = ? "
+            "AND status != 'sent' AND COALESCE(next_attempt, 0) <= ? AND "
+            "(status != 'sending' OR lease_until <= ?)",
+            (sender, now + SEND_LEASE_S, key, now, now)).rowcount == 1
 
 
 def mark_sent(store: Store, key: str, now: int, ts: str | None = None) -> None:

@@ -263,9 +263,10 @@ def m003_alerts(db: sqlite_utils.Database) -> None:
             kind TEXT NOT NULL,                 -- alert or digest
             channel TEXT,
             payload TEXT NOT NULL,              -- JSON of what to say
-            status TEXT NOT NULL CHECK (status IN ('claimed', 'sent', 'failed')),
+            status TEXT NOT NULL CHECK (status IN ('claimed', 'sending', 'sent', 'failed')),
             claimed_at INTEGER NOT NULL,
             claimed_by TEXT,
+            lease_until INTEGER,                -- 'sending': another sender waits until then
             attempts INTEGER NOT NULL DEFAULT 0,
             next_attempt INTEGER,
             sent_at INTEGER,

@@ -149,6 +149,9 @@ class FakeSlack:
                 else p.get("files", [])
             return {"ok": True, "files": [{"id": f.get("id"), "title": f.get("title")}
                                           for f in files]}
+        if method == "chat.postMessage":
+            self.ts = getattr(self, "ts", 1_700_000_000) + 1
+            return {"ok": True, "channel": p.get("channel"), "ts": f"{self.ts}.000100"}
         if method == "apps.connections.open" and self.socket_url:
             return {"ok": True, "url": self.socket_url}
         if method == "users.info":

@@ -369,3 +369,32 @@ def test_kpibot_serve_in_socket_mode(tmp_path, write):
                 out = proc.communicate(timeout=10)[1]
             wss.shutdown()
     assert "xapp-1-test" not in out and TOKEN not in out
+
+
+def test_alert_buttons_snooze_and_mute_for_admins_only(served):
+    from metrics import alerts
+    fake, url, db, _ = served
+    s = Store(db)
+    rule = alerts.add_rule(s, "kat", "opt_out_rate", ">", 0.02, channel="CALERTS")
+    cid = s.conn.execute("SELECT id FROM campaigns WHERE name = 'kat'").fetchone()[0]
+
+    def click(action, value, user, name):
+        payload = {"type": "block_actions", "user": {"id": user}, "team": {"id": "T1"},
+                   "channel": {"id": "CALERTS"}, "api_app_id": "A1", "token": "legacy",
+                   "trigger_id": "1.2.3", "response_url": fake.response_url(name),
+                   "container": {"type": "message"},
+                   "actions": [{"type": "button", "action_id": action, "block_id": "b",
+                                "value": value, "action_ts": "1"}]}
+        assert post(url, {"payload": json.dumps(payload)})[0] == 200
+        return fake.wait_until(lambda c: c.method == "response" and c.params["_url"] == name)
+
+    denied = click("alert_snooze", f"{rule.id}:{cid}", "U1", "n1")
+    assert "Only admins" in denied.params["text"]
+    assert alerts.states(s, rule.id) == []
+    ok = click("alert_snooze", f"{rule.id}:{cid}", "UADMIN", "a1")
+    assert "snoozed alert #1" in ok.params["text"]
+    (state,) = alerts.states(s, rule.id)
+    assert abs(state["snoozed_until"] - (time.time() + 86400)) < 60
+    click("alert_mute", str(rule.id), "UADMIN", "a2")
+    assert alerts.get_rule(s, rule.id).muted
+    s.close()

@@ -1,0 +1,41 @@
+"""The one place scheduled jobs are wired to APScheduler (3.x): alert evaluation on an
+interval. Job functions live in ``bot.jobs`` and take (store, client, now)."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from typing import Callable
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from slack_sdk import WebClient
+
+from metrics.store import Store
+
+from . import jobs
+
+log = logging.getLogger(__name__)
+ALERT_INTERVAL_S = 60
+
+
+def _alerts_job(store_factory: Callable[[], Store], client: WebClient) -> None:
+    store = store_factory()
+    try:
+        sent = jobs.check_alerts(store, client, int(time.time()))
+        if sent:
+            log.info("alerts: %d post(s) sent", sent)
+    except Exception:
+        log.exception("alert check failed; the next run tries again")
+    finally:
+        store.close()
+
+
+def build(store_factory: Callable[[], Store], client: WebClient,
+          alert_interval_s: int = ALERT_INTERVAL_S) -> BackgroundScheduler:
+    """A scheduler (not started) with every job. Runs that pile up are merged, never run
+    twice at once; a second bot on the same database is kept in step by the database."""
+    sched = BackgroundScheduler(timezone=dt.timezone.utc, job_defaults={
+        "coalesce": True, "max_instances": 1, "misfire_grace_time": 300})
+    sched.add_job(_alerts_job, "interval", seconds=alert_interval_s, id="alerts",
+                  args=[store_factory, client], next_run_time=dt.datetime.now(dt.timezone.utc))
+    return sched
