@@ -76,7 +76,26 @@ def send_pending(store: Store, client: WebClient, now: int, sender: str | None =
             continue
         alerts.mark_sent(store, post["key"], now, resp.get("ts"))
         sent += 1
+        if payload["kind"] == "firing":
+            _chart_in_thread(store, client, post["channel"], resp.get("ts"), payload, now)
     return sent
+
+
+def _chart_in_thread(store: Store, client: WebClient, channel: str, ts: str | None,
+                     payload: dict, now: int) -> None:
+    """A small chart of the metric over the last two weeks, under the alert post. A chart
+    that fails is logged; the alert itself has gone out."""
+    try:
+        from metrics import charts, engine
+        from metrics.periods import Period
+        rep = engine.report(store, payload["campaign"],
+                            Period(now - 14 * 86400, now, "last 14 days"), now=now)
+        png = charts.trend(rep, payload["metric"], payload["threshold"])
+        client.files_upload_v2(channel=channel, thread_ts=ts, file=png,
+                               filename=f"alert-{payload['rule_id']}.png",
+                               title=f"{payload['campaign']} · {payload['metric']}")
+    except Exception:
+        log.exception("chart for alert %s failed", payload.get("rule_id"))
 
 
 def check_alerts(store: Store, client: WebClient, now: int) -> int:

@@ -90,10 +90,12 @@ def _rate_kpi(channel: str, goal: str | None) -> kpis.Kpi:
     return kpis.REGISTRY[channel]["delivery_rate" if channel == "sms" else "answer_rate"]
 
 
-def trend(rep: Report) -> bytes:
-    """Volume bars per day (hour, week) with the headline rate as a line."""
-    ch = rep.channels[0]
-    rate = _rate_kpi(ch, rep.campaign.goal)
+def trend(rep: Report, metric: str | None = None, threshold: float | None = None) -> bytes:
+    """Volume bars per day (hour, week) with the headline rate (or ``metric``) as a line,
+    and an alert's threshold as a dashed line."""
+    ch = next((c for c in rep.channels if metric in kpis.REGISTRY[c]), rep.channels[0]) \
+        if metric else rep.channels[0]
+    rate = kpis.REGISTRY[ch][metric] if metric else _rate_kpi(ch, rep.campaign.goal)
     vol_name = "sent" if ch == "sms" else "dialed"
     labels = [label for label, _ in rep.trend]
     vols = [cs.get(ch, {}).get(vol_name, 0) for _, cs in rep.trend]
@@ -109,6 +111,8 @@ def trend(rep: Report) -> bytes:
     ax2.plot(x, [v if v is not None else float("nan") for v in values], color=LINE,
              marker="o", markersize=3, linewidth=2, label=rate.label)
     ax2.set_ylabel(f"{rate.label} (line)", color=LINE)
+    if threshold is not None:
+        ax2.axhline(threshold, color=LINE, linestyle="--", linewidth=1)
     ax2.xaxis.set_visible(False)
     ax2.set_ylim(bottom=0)
     ax2.yaxis.set_major_locator(MaxNLocator(5))

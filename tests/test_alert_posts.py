@@ -44,6 +44,9 @@ def test_firing_then_recovery_threaded_under_it(store, write):
         blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
         assert [e["text"]["text"] for e in blocks[1]["elements"]] == ["Snooze 1 day", "Mute rule"]
         assert recover.params["thread_ts"] == "1700000001.000100"      # the firing post's ts
+        (chart,) = fake.of("files.completeUploadExternal")              # under the firing post
+        assert chart.params["thread_ts"] == "1700000001.000100"
+        assert chart.params["channel_id"] == "CALERTS"
         assert recover.params["text"].startswith("✅ Recovered: spring opt_out_rate is 1.40%")
         assert alerts.pending(store, T0 + 10 * H) == []
 
