@@ -36,7 +36,7 @@ def _code_sections(body: str, title: str | None = None) -> list[Block]:
     size = 0
     head = f"*{_escape(title)}*\n" if title else ""
     for line in body.splitlines():
-        line = _escape(line)
+        line = _cut(_escape(line), SECTION_TEXT - 20 - len(head))
         if size + len(line) + 1 > SECTION_TEXT - 10 - len(head):
             out.append(SectionBlock(text=MarkdownTextObject(text=head + "```" + "\n".join(chunk)
                                                              + "```")))
@@ -113,7 +113,17 @@ def text_blocks(body: str) -> list[Block]:
 
 
 def message(reply: Reply, command: str, *, share: bool = True) -> dict:
-    """The whole message: blocks (validated, within limits) and the fallback text."""
+    """The whole message: blocks (validated, within limits) and the fallback text. Should
+    the blocks not validate, the text goes alone: an answer is never lost to formatting."""
+    try:
+        return _message(reply, command, share)
+    except Exception:
+        import logging
+        logging.getLogger(__name__).exception("blocks for /kpi %s failed", command[:200])
+        return {"text": _cut(reply.text, FALLBACK_TEXT)}
+
+
+def _message(reply: Reply, command: str, share: bool) -> dict:
     blocks = card_blocks(reply, command, share) if reply.report is not None else \
         text_blocks(reply.text)
     if len(blocks) > MAX_BLOCKS:

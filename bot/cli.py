@@ -286,11 +286,18 @@ def alerts_check(dry_run: bool, db: str | None) -> None:
     from metrics import alerts as al
 
     from .text import notice_text
-    if not dry_run:
-        raise click.ClickException("posting alerts to Slack is not built yet (issue 5); "
-                                   "use --dry-run to see what would be posted")
     store = _store(db)
     try:
+        if not dry_run:
+            from .app import Settings, web_client
+            from .jobs import check_alerts
+            settings = Settings.from_env()
+            if not settings.bot_token:
+                raise click.ClickException("set SLACK_BOT_TOKEN to post alerts (or use "
+                                           "--dry-run to see what would be posted)")
+            sent = check_alerts(store, web_client(settings), int(time.time()))
+            click.echo(f"{len(al.rules(store))} rule(s) checked: {sent} post(s) sent.")
+            return
         notices = al.evaluate(store, int(time.time()), dry_run=True)
         if not notices:
             click.echo(f"{len(al.rules(store))} rule(s) checked: nothing to post.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import math
 import html
 import re
 import time
@@ -225,8 +226,13 @@ def _threshold(word: str, metric: str) -> float:
         if w.endswith("%"):
             if not percent:
                 raise UsageError(f"{metric} is not a rate: write a plain number, not '{word}'")
-            return float(w[:-1]) / 100
+            value = float(w[:-1]) / 100
+            if not math.isfinite(value):
+                raise ValueError
+            return value
         value = float(w)
+        if not math.isfinite(value):
+            raise ValueError
     except ValueError:
         raise UsageError(f"'{word}' is not a number") from None
     if percent:
@@ -297,6 +303,8 @@ def cmd_alert(ctx: Context, args: list[Token]) -> Reply:
         if not rest or not rest[0].text.lstrip("#").isdigit():
             raise UsageError("which alert? (its number from `/kpi alert list`)", USAGE["alert"])
         rid = int(rest[0].text.lstrip("#"))
+        if rid > 2 ** 62:
+            raise UsageError(f"there is no alert #{rid} (see `/kpi alert list`)")
         try:
             if sub == "remove":
                 rule = alerts.remove_rule(ctx.store, rid)

@@ -147,7 +147,7 @@ def card(rep: Report) -> str:
 
 def breakdown_table(rep: Report, limit: int = 25) -> str:
     """The breakdown as an aligned table: volume and the headline KPIs per value."""
-    ch = rep.channels[0]
+    ch = rep.dim_channel or rep.channels[0]
     heads = rep.headline(ch)[:2]
     vol = "sent" if ch == "sms" else "dialed"
     cur = currency_of(rep.current[ch])
@@ -164,7 +164,8 @@ def breakdown_table(rep: Report, limit: int = 25) -> str:
 
 
 def _metrics_json(rep: Report, sections: dict[str, Section]) -> dict:
-    if len(sections) == 1:
+    """name -> metric; for a campaign with SMS and calls, "sms.name" and "call.name"."""
+    if len(rep.channels) == 1:
         (sec,) = sections.values()
         return {n: v.as_json() for n, v in sec.metrics.items()}
     return {f"{ch}.{n}": v.as_json() for ch, sec in sections.items()

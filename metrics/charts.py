@@ -136,7 +136,7 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
 
 def breakdown(rep: Report, limit: int = 12) -> bytes:
     """The headline rate per dimension value, with 95% intervals, biggest groups first."""
-    ch = rep.channels[0]
+    ch = rep.dim_channel or rep.channels[0]
     rate = _rate_kpi(ch, rep.campaign.goal)
     rows = [(key, secs[ch].metrics[rate.name]) for key, secs in rep.breakdown if ch in secs]
     rows = [(k, v) for k, v in rows if v.value is not None][:limit]
@@ -163,7 +163,7 @@ def heatmap(rep: Report) -> bytes:
     """The headline rate for each weekday and hour (team time zone) as a colour grid;
     cells with no volume stay blank."""
     import numpy as np
-    ch = rep.channels[0]
+    ch = rep.dim_channel or rep.channels[0]
     rate = _rate_kpi(ch, rep.campaign.goal)
     grid = np.full((7, 24), np.nan)
     for key, secs in rep.breakdown:

@@ -82,6 +82,7 @@ class Report:
     trend: list[tuple[str, dict[str, dict]]]     # (label, channel -> counters), in order
     dim: str | None = None
     breakdown: list[tuple[str, dict[str, Section]]] = field(default_factory=list)
+    dim_channel: str | None = None   # the channel the breakdown is about (mixed campaigns)
 
     @property
     def channels(self) -> list[str]:
@@ -160,15 +161,15 @@ def _offset_segments(tz: dt.tzinfo, start: int, end: int) -> list[tuple[int, int
     while t < end:
         nxt = min(t + step, end)
         o = off(nxt - 1) if nxt == end else off(nxt)
-        if o != cur:     # a change within (t, nxt]: find it to the slot
+        if o != cur:     # a change within (t, nxt]: find it to the second
             lo, hi = t, nxt
-            while hi - lo > SLOT:
-                mid = lo + (hi - lo) // 2 // SLOT * SLOT or lo + SLOT
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
                 if off(mid) == cur:
                     lo = mid
                 else:
                     hi = mid
-            change = hi if off(hi) != cur else hi + SLOT
+            change = hi
             out.append((a, change, cur))
             a, cur = change, off(change)
         t = nxt
@@ -210,9 +211,8 @@ class Reader:
         elif dim in kind.dims:
             self._range(kind, start, end, dim, "key", kind.dims[dim], out)
         else:    # an imported attribute column: from the events
-            path = '$."' + dim.replace('"', '') + '"'
-            self._raw(kind, start, end, f"COALESCE(json_extract(attrs, '{path}'), '')", out,
-                      [path])
+            path = '$."' + dim.replace('"', '\\"') + '"'
+            self._raw(kind, start, end, "COALESCE(json_extract(attrs, ?), '')", out, [path])
         self._daily(channel, start, end, dim, out)
         if channel == "sms":
             if dim is None:
@@ -245,7 +245,7 @@ class Reader:
         for k, *vals in self.conn.execute(
                 f"SELECT {key} AS k, {sums} FROM {kind.table} WHERE campaign_id = ? AND "
                 f"{kind.time} >= ? AND {kind.time} < ? GROUP BY k",
-                (self.campaign.id, start, end)):
+                (*(params or ()), self.campaign.id, start, end)):
             _add(out, k, cols, vals)
 
     def _daily(self, channel: str, start: int, end: int, dim: str | None, out: dict) -> None:
@@ -410,6 +410,11 @@ def report(store: Store, campaign: str | Campaign, period: Period | None = None,
     rep = Report(camp, period, whole, tz_name, current, previous, prev_period, unit, trend)
     if by is not None:
         rep.dim = by
+        # a dimension of one channel only (disposition, error) breaks down that channel
+        own = [ch for ch in channels if by in CHANNEL_KIND[ch].dims]
+        if by not in TIME_DIMS and by != "weekday_hour" and own:
+            channels = own
+        rep.dim_channel = channels[0]
         groups = {ch: reader.grouped(ch, period.start, period.end, by) for ch in channels}
         order = sorted({k for g in groups.values() for k in g},
                        key=lambda k: (k == DAILY_KEY, k if by in TIME_DIMS else ""))

@@ -24,6 +24,8 @@ class Kpi:
     definition: str
 
     def compute(self, c: Counters) -> "Value":
+        if self.name == "reach" and "reach" not in c:   # not counted for this group
+            return Value(self.name, None, None, None, self.unit)
         num = self.numerator(c)
         money_num = self.unit == "money" or self.name == "roi"
         numerator = _units(num, "money" if money_num else "count")
@@ -48,8 +50,8 @@ def _units(x: float, unit: str) -> float:
 @dataclass(frozen=True)
 class Value:
     name: str
-    value: float | None     # None: n/a (denominator 0)
-    numerator: float
+    value: float | None     # None: n/a (denominator 0, or not counted: reach per group)
+    numerator: float | None
     denominator: float | None
     unit: str
 

@@ -51,13 +51,17 @@ def is_period(word: str) -> bool:
     return bool(_TRAILING.match(w) or _MONTH.match(w) or w in KEYWORDS or _date(w) is not None)
 
 
+MIN_YEAR, MAX_YEAR = 1970, 2100
+
+
 def _date(word: str) -> dt.date | None:
     if len(word) != 10:
         return None
     try:
-        return dt.date.fromisoformat(word)
+        d = dt.date.fromisoformat(word)
     except ValueError:
         return None
+    return d if MIN_YEAR <= d.year <= MAX_YEAR else None
 
 
 def _local(ts: int, tz: dt.tzinfo) -> dt.datetime:
@@ -78,6 +82,15 @@ def _days_back(start: int, end: int, days: int, tz: dt.tzinfo, label: str,
 
 
 def resolve(since: str, until: str | None, now: int, tz: dt.tzinfo) -> Period:
+    """See :func:`_resolve`; dates too far out for the calendar become a BadPeriod."""
+    try:
+        return _resolve(since, until, now, tz)
+    except (ValueError, OverflowError) as exc:
+        raise BadPeriod(f"'{since}{' ' + until if until else ''}' is not a usable period "
+                        f"({exc})") from None
+
+
+def _resolve(since: str, until: str | None, now: int, tz: dt.tzinfo) -> Period:
     """The period ``since`` [``until``] names, at ``now`` (UTC seconds) in zone ``tz``.
 
     ``7d``/``24h``/``2w`` are trailing windows ending now; ``today``/``this-week``/
@@ -98,6 +111,8 @@ def resolve(since: str, until: str | None, now: int, tz: dt.tzinfo) -> Period:
     m = _TRAILING.match(s)
     if m:
         n, unit = int(m.group(1)), m.group(2)
+        if n * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit] > now - 86400:
+            raise BadPeriod(f"'{since}' reaches back before 1970")
         if n == 0:
             raise BadPeriod(f"'{since}' is an empty period")
         seconds = n * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit]
@@ -121,8 +136,10 @@ def resolve(since: str, until: str | None, now: int, tz: dt.tzinfo) -> Period:
         prev = (first - dt.timedelta(days=1)).replace(day=1)
         if s == "this-month":
             start = _midnight(first, tz)
-            return Period(start, now, "this month", _midnight(prev, tz),
-                          _midnight(prev, tz) + (now - start), "last month, same days")
+            prev_start = _midnight(prev, tz)
+            # the same stretch of last month, never past its end (31 March vs February)
+            return Period(start, now, "this month", prev_start,
+                          min(prev_start + (now - start), start), "last month, same days")
         before = (prev - dt.timedelta(days=1)).replace(day=1)
         return Period(_midnight(prev, tz), _midnight(first, tz), "last month",
                       _midnight(before, tz), _midnight(prev, tz), "the month before")
@@ -132,6 +149,8 @@ def resolve(since: str, until: str | None, now: int, tz: dt.tzinfo) -> Period:
             first = dt.date(int(m.group(1)), int(m.group(2)), 1)
         except ValueError:
             raise BadPeriod(f"'{since}' is not a month (use YYYY-MM)") from None
+        if not MIN_YEAR <= first.year <= MAX_YEAR - 1:
+            raise BadPeriod(f"'{since}' is outside {MIN_YEAR}-{MAX_YEAR}")
         nxt = (first + dt.timedelta(days=32)).replace(day=1)
         before = (first - dt.timedelta(days=1)).replace(day=1)
         return Period(_midnight(first, tz), _midnight(nxt, tz), first.strftime("%B %Y"),

@@ -10,7 +10,7 @@ two edge slots from the events themselves (see ``engine``), so figures stay exac
 How they are kept up to date: rows the importer inserts are aggregated batch by batch
 (:meth:`Rollup.add_new_rows`, by rowid range); rows that are updated or deleted anywhere
 mark their old and new slot dirty through triggers, and dirty slots are recomputed from
-the events (:meth:`Rollup.finish`). ``tests/test_rollup.py`` checks rollups against a
+the events (:meth:`Rollup.finish`). ``tests/test_kpis.py`` checks rollups against a
 from-scratch computation after imports, re-imports, reply attribution and deletes.
 """
 from __future__ import annotations

@@ -194,7 +194,9 @@ def test_cli_alerts_check_dry_run(tmp_path, write):
     assert res.exit_code == 0, res.output
     assert res.output.strip() == ("would post in CALERTS: 🔴 Alert: live opt_out_rate is 5.00% "
                                   "(30 / 600) over the last 1d (rule #1: > 2.00%)")
-    assert CliRunner().invoke(main, ["alerts", "check", "--db", str(db)]).exit_code != 0
+    refused = CliRunner().invoke(main, ["alerts", "check", "--db", str(db)],
+                                 env={"SLACK_BOT_TOKEN": ""})
+    assert refused.exit_code != 0 and "SLACK_BOT_TOKEN" in refused.output
     s = Store(db)
     assert s.conn.execute("SELECT COUNT(*) FROM posts").fetchone()[0] == 0
     s.close()

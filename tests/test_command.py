@@ -92,14 +92,19 @@ def test_goal_is_admin_only_and_reorders_the_card(demo):
 @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
        | st.lists(st.sampled_from(["/kpi", "kc", "kat", '"', "'", "by", "7d", "2026-03-02",
                                    "<#C1|x>", "<@U1>", "goal", "list", "help", "day", "\u201c",
-                                   "2026-13", "0d", "sales", "&amp;", "this-week"]),
+                                   "2026-13", "0d", "sales", "&amp;", "this-week", "0001-01-01",
+                                   "9999-12", "nan%", "alert", "add", "*", "opt_out_rate", ">",
+                                   "2%", "snooze", "99999999999999999999", "by", "job",
+                                   "a" * 3100, "весенняя", "акция", "weekday_hour"]),
                   max_size=8).map(" ".join))
 def test_no_text_crashes_the_parser(demo, text_in):
     # (the same database for every example: nothing a non-admin types can change it)
+    from bot.blocks import message
     demo.is_admin = False
     reply = run(text_in, demo)
     assert isinstance(reply.text, str) and reply.text
     json.dumps(reply.data)
+    assert "blocks" in message(reply, text_in)          # always valid Block Kit
 
 
 def _png_size(png: bytes) -> tuple[int, int]:
@@ -172,3 +177,52 @@ def test_alert_subcommands(demo):
     demo.is_admin = False
     assert "only admins" in run("/kpi alert add kc answer_rate < 40%", demo).text
     assert run("/kpi alert list", demo).ok            # anyone may look
+
+
+def test_inputs_that_used_to_crash_get_helpful_errors(demo):
+    from bot.blocks import message
+    for text_in in ["/kpi kc 0001-01-01", "/kpi kc 0001-01", "/kpi kc 9999-12",
+                    "/kpi kc 9999-12-31 9999-12-31", "/kpi kc 99999d",
+                    "/kpi alert add * opt_out_rate > nan%", "/kpi alert add kc dialed > inf",
+                    "/kpi alert snooze 99999999999999999999 1d",
+                    "/kpi alert remove 99999999999999999999",
+                    '/kpi kc "' + "a  " * 1200 + '"']:
+        reply = run(text_in, demo)
+        assert not reply.ok, text_in
+        msg = message(reply, text_in)
+        assert "blocks" in msg, text_in               # validated, not the text-only fallback
+        assert all(len(b.get("text", {}).get("text", "")) <= 3000 for b in msg["blocks"])
+
+
+def test_breakdown_rows_show_reach_as_not_counted(demo):
+    data = run('/kpi "Весенняя акция" by variant', demo).data
+    assert data["metrics"]["reach"]["value"] == 3
+    assert all(b["metrics"]["reach"]["value"] is None for b in data["breakdown"])
+
+
+def test_attribute_names_are_data_not_sql(store, write):
+    csv = ("campaign,message_id,sent_at,recipient,status,customer's tier\n"
+           "q,m1,2026-03-02T10:00:00Z,+14155550101,delivered,gold\n"
+           "q,m2,2026-03-02T10:01:00Z,+14155550102,failed,silver\n")
+    import_file(store, write("q.csv", csv))
+    reply = run("/kpi q by \"customer's tier\"", Context(store, now=NOW))
+    assert reply.ok, reply.text
+    assert {b["customer's tier"]: b["metrics"]["sent"]["value"]
+            for b in reply.data["breakdown"]} == {"gold": 1, "silver": 1}
+
+
+def test_a_campaign_with_sms_and_calls_breaks_down_the_right_channel(store, write):
+    import_file(store, write("s.csv", SMS.replace("kat,", "both,")))
+    import_file(store, write("c.csv", CALLS.replace("kc,", "both,")))
+    ctx = Context(store, now=NOW)
+    card = run("/kpi both", ctx)
+    assert card.ok and card.text.splitlines()[0] == "both · SMS + Calls"
+    assert card.data["metrics"]["sms.delivery_rate"]["numerator"] == 4
+    assert card.data["metrics"]["call.answer_rate"]["numerator"] == 2
+    by = run("/kpi both by disposition", ctx)
+    assert [b["disposition"] for b in by.data["breakdown"]][:1] == ["(none)"]
+    assert {b["disposition"] for b in by.data["breakdown"]} == {"(none)", "sale", "callback",
+                                                                 "voicemail"}
+    assert "dialed" in by.text.split("By disposition:")[1]
+    by = run("/kpi both by error", ctx)
+    assert by.ok and all("sms.sent" in b["metrics"] for b in by.data["breakdown"])

@@ -294,3 +294,61 @@ def test_reach_is_exact_for_any_period_and_after_later_imports(store, write):
         changed.append(line.rsplit(",", 1)[0] + "," + st)
     import_file(store, write("reach3.csv", "\n".join(changed)))
     check()
+
+
+def test_hours_across_a_dst_change_with_a_period_not_on_a_slot(store, write, monkeypatch):
+    """New York fell back on 2026-11-01 at 06:00 UTC; a 24h window ending 09:02:17 UTC
+    puts every event in the local hour a wall clock showed, and `today` asked a minute
+    after the change answers (it used to loop)."""
+    import threading
+    start = int(dt.datetime(2026, 10, 31, 20, tzinfo=dt.timezone.utc).timestamp())
+    times = [start + i * 60 for i in range(14 * 60)]
+    csv = "campaign,message_id,sent_at,recipient,status\n" + "\n".join(
+        f"ny,n{i},{dt.datetime.fromtimestamp(t, dt.timezone.utc):%Y-%m-%dT%H:%M:%SZ},"
+        f"+1415555{i % 9000:04d},delivered" for i, t in enumerate(times))
+    import_file(store, write("ny.csv", csv))
+    monkeypatch.setenv("KPIBOT_TZ", "America/New_York")
+    tz = zone("America/New_York")
+    now = int(dt.datetime(2026, 11, 1, 9, 2, 17, tzinfo=dt.timezone.utc).timestamp())
+    rep = engine.report(store, "ny", resolve("24h", None, now, tz), "hour", now=now)
+    got = {k: s["sms"].counters["sent"] for k, s in rep.breakdown}
+    want: dict = {}
+    for t in times:
+        if now - 86400 <= t < now:
+            key = f"{dt.datetime.fromtimestamp(t, tz).hour:02d}:00"
+            want[key] = want.get(key, 0) + 1
+    assert got == want and got["01:00"] == 120          # the hour that happened twice
+    done = []
+    t = threading.Thread(target=lambda: done.append(engine.report(
+        store, "ny", resolve("today", None, now - 3 * 3600 + 37, tz), now=now - 3 * 3600 + 37)))
+    t.start()
+    t.join(timeout=20)
+    assert done, "today, just after the change, did not answer"
+
+
+def test_periods_and_their_comparisons():
+    tz = zone("Europe/Berlin")
+
+    def at(*a):
+        return int(dt.datetime(*a, tzinfo=tz).timestamp())
+    now = at(2026, 3, 31, 12, 0)                                   # a Tuesday
+    p = resolve("this-month", None, now, tz)
+    assert (p.start, p.end) == (at(2026, 3, 1), now)
+    prev = p.previous()
+    assert prev.start == at(2026, 2, 1) and prev.end <= p.start   # never overlaps
+    p = resolve("this-week", None, now, tz)
+    assert p.start == at(2026, 3, 30) and p.previous().start == at(2026, 3, 23)
+    p = resolve("last-week", None, now, tz)                        # across the DST change
+    assert (p.start, p.end) == (at(2026, 3, 23), at(2026, 3, 30))
+    assert p.previous().start == at(2026, 3, 16) and p.seconds == 7 * 86400 - 3600
+    p = resolve("2026-02", None, now, tz)
+    assert (p.start, p.end, p.label) == (at(2026, 2, 1), at(2026, 3, 1), "February 2026")
+    assert p.previous().start == at(2026, 1, 1)
+    p = resolve("2026-03-01", "2026-03-03", now, tz)
+    assert (p.start, p.end) == (at(2026, 3, 1), at(2026, 3, 4))
+    assert (p.previous().start, p.previous().end) == (at(2026, 2, 26), at(2026, 3, 1))
+    p = resolve("24h", None, now, tz)
+    assert (p.start, p.end) == (now - 86400, now) and p.previous().end == now - 86400
+    for bad in ["2026-13", "0d", "7x"]:
+        with pytest.raises(Exception):
+            resolve(bad, None, now, tz)

@@ -25,10 +25,17 @@ def register(app: App, deps) -> None:
         reply = run(command, Context(deps.store(), user=user, is_admin=False))
         send = webhook(body["response_url"], deps.settings.timeout)
         msg = message(reply, command, share=False)
-        msg["blocks"].append({"type": "context", "elements": [
-            {"type": "mrkdwn", "text": f"shared by <@{user}> · `/kpi {command}`"}]})
-        send.send(response_type="in_channel", replace_original=False, **msg)
-        send.send(delete_original=True)   # the private copy is no longer needed
+        shown = command if len(command) < 1900 else command[:1899] + "…"
+        shown = shown.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        msg.setdefault("blocks", []).append({"type": "context", "elements": [
+            {"type": "mrkdwn", "text": f"shared by <@{user}> · `/kpi {shown}`"}]})
+        posted = send.send(response_type="in_channel", replace_original=False, **msg)
+        if posted.status_code == 200:
+            send.send(delete_original=True)   # the private copy is no longer needed
+        else:
+            send.send(text="The card could not be shared in this channel "
+                      f"({posted.status_code} {posted.body[:100]}).", response_type="ephemeral",
+                      replace_original=False)
 
     @app.action(SNOOZE_ACTION)
     def snooze(ack: Ack, body: dict, client: WebClient) -> None:
