@@ -134,3 +134,48 @@ def _message(reply: Reply, command: str, share: bool) -> dict:
         b.validate_json()       # raises SlackObjectFormationError past a limit
         dicts.append(b.to_dict())
     return {"text": _cut(reply.text, FALLBACK_TEXT), "blocks": dicts}
+
+
+def digest_message(d, late: str | None = None) -> dict:
+    """A digest as Block Kit: campaigns packed into sections of up to 3,000 characters;
+    past Slack's 50 blocks the rest is counted, not dropped silently."""
+    p = text.digest_lines(d)
+    blocks: list[dict] = [
+        {"type": "header", "text": {"type": "plain_text",
+                                    "text": _cut(p["title"] + (" (late)" if late else ""),
+                                                 HEADER_TEXT)}},
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(_escape(
+            p["context"] + (f" · {late}" if late else "")), 2000)}]}]
+    if p["north"]:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn",
+                                                   "text": _cut("*" + _escape(p["north"]) + "*",
+                                                                SECTION_TEXT)}})
+    tail = []
+    if p["movers"]:
+        tail.append("*Top movers*\n" + "\n".join(_escape(m) for m in p["movers"]))
+    if p["alerts"]:
+        tail.append("*Alerts that fired*\n" + "\n".join(_escape(a) for a in p["alerts"][:30]))
+    room = MAX_BLOCKS - len(blocks) - len(tail) - 1      # one for "… and N more"
+    chunk, shown = "", 0
+    lines = [_cut(_escape(ln), 500) for ln in p["lines"]] or ["No campaign had activity."]
+    for ln in lines:
+        if len(chunk) + len(ln) + 1 > SECTION_TEXT:
+            if room == 0:
+                break
+            blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": chunk}})
+            room -= 1
+            chunk = ""
+        chunk += ("\n" if chunk else "") + ln
+        shown += 1
+    if chunk and room > 0:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": chunk}})
+    elif chunk:
+        shown -= chunk.count("\n") + 1
+    if shown < len(p["lines"]):
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text":
+                       f"… and {len(p['lines']) - shown} more campaigns "
+                       "(`kpibot digest preview` lists them all)"}]})
+    for t in tail:
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(t, SECTION_TEXT)}})
+    fallback = text.digest_text(d, late)
+    return {"text": _cut(fallback, FALLBACK_TEXT), "blocks": blocks}

@@ -307,6 +307,20 @@ def alerts_check(dry_run: bool, db: str | None) -> None:
         store.close()
 
 
+@main.group()
+def digest() -> None:
+    """Digests (subscriptions are managed with `/kpi digest ...`)."""
+
+
+@digest.command("preview")
+@click.option("--daily", is_flag=True, help="Yesterday instead of the last seven days.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
+@db_option
+def digest_preview(daily: bool, as_json: bool, db: str | None) -> None:
+    """The digest as it would be posted now."""
+    _answer("digest preview" + (" daily" if daily else ""), db, as_json, None, None)
+
+
 @main.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead.")
 @db_option

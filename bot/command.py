@@ -33,9 +33,10 @@ USAGE = {
     "alert": "/kpi alert add <campaign or *> <metric> <op> <value> [min <n>] [window <dur>] "
              "[recover <value>] [renotify <dur>] [in #channel] | alert list | "
              "alert remove <id> | alert snooze <id> <dur>",
-    "digest": "/kpi digest add|list|remove|preview ...",
+    "digest": "/kpi digest add <daily or weekly <day>> <HH:MM> [<IANA tz>] [in #channel] | "
+              "digest list | digest remove <id> | digest preview [daily]",
 }
-NOT_YET = ("compare", "ab", "top", "digest")   # in the contract, not built yet
+NOT_YET = ("compare", "ab", "top")   # in the contract, not built yet
 STATE_CHANGING = ("goal", "northstar", "alert", "digest", "import")
 EXAMPLES = ["/kpi list", "/kpi black-friday", "/kpi black-friday 7d",
             "/kpi \"spring sale\" 2026-10-01 2026-10-31 by country",
@@ -322,6 +323,75 @@ def cmd_alert(ctx: Context, args: list[Token]) -> Reply:
     raise UsageError(f"'{sub}' is not an alert command", USAGE["alert"])
 
 
+def cmd_digest(ctx: Context, args: list[Token]) -> Reply:
+    from metrics import digests
+    sub = args[0].text.lower() if args else "list"
+    rest = [t.text for t in args[1:]]
+    tz_name = ctx.store.timezone()
+    if sub == "list":
+        subs = digests.subscriptions(ctx.store)
+        data = [{"id": d.id, "frequency": d.frequency, "weekday": d.weekday, "at": d.at,
+                 "tz": d.tz, "channel": d.channel, "schedule": d.describe()} for d in subs]
+        body = "\n".join(f"#{d.id} {d.describe()}" + (f" → <#{d.channel}>" if d.channel else "")
+                         for d in subs) or ("No digests yet. Add one, e.g. `/kpi digest add "
+                                            "weekly monday 09:00 Europe/Berlin`.")
+        return Reply(body, {"digests": data})
+    if sub == "preview":
+        from .text import digest_text
+        daily = bool(rest) and rest[0].lower() == "daily"
+        tz = zone(tz_name)
+        local_now = dt.datetime.fromtimestamp(ctx.now_ts(), tz)
+        start, end, ps, pe = digests.period_for("daily" if daily else "weekly", local_now)
+        d = digests.build(ctx.store, start, end, ps, pe, tz_name)
+        body = digest_text(d)
+        return Reply(body, {"start": start, "end": end, "campaigns": [
+            {"campaign": ln.campaign, "channel": ln.channel, "volume": ln.volume,
+             "metrics": {k.name: {"now": a.as_json(), "before": b.as_json()}
+                         for k, a, b in ln.values}} for ln in d.lines],
+            "movers": d.movers, "alerts": d.alerts})
+    _admin(ctx, f"digest {sub}")
+    if sub == "add":
+        words = [w.lower() for w in rest]
+        if not words or words[0] not in ("daily", "weekly"):
+            raise UsageError("daily or weekly?", USAGE["digest"])
+        frequency, i, weekday = words[0], 1, None
+        if frequency == "weekly":
+            day = words[1] if len(words) > 1 else ""
+            match = [n for n, name in enumerate(digests.WEEKDAYS) if day and name.startswith(day[:3])]
+            if len(day) < 3 or not match:
+                raise UsageError(f"'{day}' is not a day of the week", USAGE["digest"])
+            weekday, i = match[0], 2
+        if i >= len(rest):
+            raise UsageError("at what time? e.g. 09:00", USAGE["digest"])
+        at, i = rest[i], i + 1
+        tz_arg, channel = tz_name, ctx.channel
+        while i < len(rest):
+            if rest[i].lower() == "in" and i + 1 < len(rest):
+                channel, i = rest[i + 1], i + 2
+            elif "/" in rest[i] or rest[i].upper() == "UTC":
+                tz_arg, i = rest[i], i + 1
+            else:
+                raise UsageError(f"'{rest[i]}' is not a time zone (like Europe/Berlin) or "
+                                 "`in #channel`", USAGE["digest"])
+        try:
+            d = digests.add(ctx.store, frequency, at, tz_arg, weekday=weekday, channel=channel,
+                            created_by=ctx.user)
+        except (digests.DigestError, KpiBotError) as exc:
+            raise UsageError(str(exc), USAGE["digest"]) from None
+        where = f" in <#{d.channel}>" if d.channel else " (no channel yet: add `in #channel`)"
+        return Reply(f"Digest #{d.id} added: {d.describe()}{where}.", {"id": d.id,
+                                                                       "schedule": d.describe()})
+    if sub == "remove":
+        if not rest or not rest[0].lstrip("#").isdigit() or int(rest[0].lstrip("#")) > 2 ** 62:
+            raise UsageError("which digest? (its number from `/kpi digest list`)", USAGE["digest"])
+        try:
+            d = digests.remove(ctx.store, int(rest[0].lstrip("#")))
+        except digests.DigestError as exc:
+            raise UsageError(str(exc)) from None
+        return Reply(f"Digest #{d.id} removed ({d.describe()}).", {"removed": d.id})
+    raise UsageError(f"'{sub}' is not a digest command", USAGE["digest"])
+
+
 def _not_yet(name: str) -> Callable:
     def handler(ctx: Context, args: list[Token]) -> Reply:
         if name in STATE_CHANGING and args and args[0].text.lower() not in ("list", "preview"):
@@ -337,6 +407,7 @@ COMMANDS: dict[str, Callable[[Context, list[Token]], Reply]] = {
     "goal": cmd_goal,
     "northstar": cmd_northstar,
     "alert": cmd_alert,
+    "digest": cmd_digest,
     **{name: _not_yet(name) for name in NOT_YET},
 }
 

@@ -102,3 +102,128 @@ def check_alerts(store: Store, client: WebClient, now: int) -> int:
     """Evaluate every rule, then send what is due (new claims and retries)."""
     alerts.evaluate(store, now, evaluator=sender_id())
     return send_pending(store, client, now)
+
+
+# -- digests -----------------------------------------------------------------------------------
+
+DIGEST_GRACE_S = 6 * 3600     # a digest missed while the bot was down goes out this late
+ON_TIME_S = 180               # later than this after its time, a digest says it is late
+
+
+def last_fire(sub, now: int, not_before: int | None = None):
+    """The subscription's latest scheduled time at or before ``now``, an aware datetime in
+    its zone. Daylight saving: a time that does not exist that day (02:30 when clocks
+    jump from 02:00 to 03:00) fires as much later as the clocks jumped (03:30); a time
+    that happens twice fires at its first occurrence (and a digest is keyed by its local
+    day, so never twice)."""
+    import datetime as dt
+
+    from metrics.times import zone
+    tz = zone(sub.tz)
+    hour, minute = (int(x) for x in sub.at.split(":"))
+    today = dt.datetime.fromtimestamp(now, tz).date()
+    for back in range(0, 9):
+        day = today - dt.timedelta(days=back)
+        if sub.frequency == "weekly" and day.weekday() != sub.weekday:
+            continue
+        wall = dt.datetime.combine(day, dt.time(hour, minute))
+        at = wall.replace(tzinfo=tz, fold=0)
+        utc = at.astimezone(dt.timezone.utc)
+        if utc.astimezone(tz).replace(tzinfo=None) != wall:
+            # in the gap: read with the offset before the jump, i.e. as much later as the
+            # clocks jumped (02:30 becomes 03:30), as cron and APScheduler do
+            at = utc.astimezone(tz)
+        if at.timestamp() <= now:
+            if not_before is not None and at.timestamp() < not_before:
+                return None
+            return at
+    return None
+
+
+def claim_digests(store: Store, now: int, sender: str | None = None) -> list[str]:
+    """Claim every digest whose time has come (within the grace period); returns keys."""
+    import datetime as dt
+    import json
+
+    from metrics import digests
+    claimed = []
+    for sub in digests.subscriptions(store):
+        created = store.conn.execute("SELECT created_at FROM digests WHERE id = ?",
+                                     (sub.id,)).fetchone()[0]
+        not_before = int(dt.datetime.fromisoformat(created).timestamp())
+        last = last_fire(sub, now, not_before)
+        if last is None or now - last.timestamp() > DIGEST_GRACE_S:
+            continue
+        key = f"digest:{sub.id}:{last.date().isoformat()}"   # once per local day
+        late = now - last.timestamp() > ON_TIME_S
+        payload = {"digest_id": sub.id, "scheduled": last.isoformat(), "late": late}
+        with store.transaction() as conn:
+            if conn.execute("INSERT INTO posts(key, kind, channel, payload, status, claimed_at, "
+                            "claimed_by) VALUES (?, 'digest', ?, ?, 'claimed', ?, ?) "
+                            "ON CONFLICT(key) DO NOTHING",
+                            (key, sub.channel, json.dumps(payload), now,
+                             sender or sender_id())).rowcount:
+                claimed.append(key)
+    return claimed
+
+
+def digest_for(store: Store, sub, scheduled):
+    from metrics import digests
+    start, end, prev_start, prev_end = digests.period_for(sub.frequency, scheduled)
+    return digests.build(store, start, end, prev_start, prev_end, sub.tz)
+
+
+def send_digests(store: Store, client: WebClient, now: int, sender: str | None = None) -> int:
+    import datetime as dt
+
+    from metrics import charts, digests
+
+    from .blocks import digest_message
+    sender = sender or sender_id()
+    sent = 0
+    for post in alerts.pending(store, now, kind="digest"):
+        if not alerts.take(store, post["key"], now, sender):
+            continue
+        p = post["payload"]
+        try:
+            sub = digests.get(store, p["digest_id"])
+        except digests.DigestError:
+            alerts.mark_sent(store, post["key"], now)   # unsubscribed meanwhile: nothing to say
+            continue
+        if not sub.channel:
+            alerts.mark_failed(store, post["key"], now, "the digest has no channel")
+            continue
+        scheduled = dt.datetime.fromisoformat(p["scheduled"])
+        d = digest_for(store, sub, scheduled)
+        late = (f"late: due {scheduled:%Y-%m-%d %H:%M %Z}, sent "
+                f"{dt.datetime.fromtimestamp(now, scheduled.tzinfo):%H:%M}") if p["late"] else None
+        try:
+            resp = client.chat_postMessage(channel=sub.channel, **digest_message(d, late))
+        except Exception as exc:
+            error = exc.response.get("error", "error") if isinstance(exc, SlackApiError) \
+                else repr(exc)
+            delay = alerts.mark_failed(store, post["key"], now, error)
+            log.warning("digest %s failed (%s); retrying in %s s", post["key"], error, delay)
+            continue
+        alerts.mark_sent(store, post["key"], now, resp.get("ts"))
+        sent += 1
+        if d.lines:
+            try:
+                title = "Volume by campaign · " + digests_title(d)
+                png = charts.digest_volume(title, [(ln.campaign, ln.volume, ln.channel)
+                                                   for ln in d.lines])
+                client.files_upload_v2(channel=sub.channel, thread_ts=resp.get("ts"), file=png,
+                                       filename=f"digest-{sub.id}.png", title=title)
+            except Exception:
+                log.exception("digest chart failed")
+    return sent
+
+
+def digests_title(d) -> str:
+    from .text import digest_lines
+    return digest_lines(d)["title"].split(" · ", 1)[-1]
+
+
+def run_digests(store: Store, client: WebClient, now: int) -> int:
+    claim_digests(store, now)
+    return send_digests(store, client, now)

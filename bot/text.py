@@ -263,3 +263,48 @@ def notice_text(p: dict) -> str:
         rule += f", recovery at {fmt(p['recovery'])}"
     return (f"{head}: {p['campaign']} {p['metric']} is {fmt(p['value'])}{frac} over the last "
             f"{p['window_text']} (rule #{p['rule_id']}: {rule})")
+
+
+def digest_lines(d) -> dict:
+    """A digest's parts as text: title, context, north star, one line per campaign,
+    movers, alerts."""
+    tz = zone(d.tz)
+    a = dt.datetime.fromtimestamp(d.start, tz)
+    b = dt.datetime.fromtimestamp(d.end - 1, tz)
+    days = round((d.end - d.start) / 86400)
+    title = ("Daily digest" if days <= 1 else "Weekly digest") + \
+        (f" · {a:%Y-%m-%d}" if a.date() == b.date() else f" · {a:%Y-%m-%d} – {b:%Y-%m-%d}")
+    lines = []
+    for ln in d.lines:
+        vol = "sent" if ln.channel == "sms" else "dialed"
+        parts = [f"{ln.volume:,} {vol}"]
+        for k, now, before in ln.values:
+            ch = change(now, before, k.good)
+            parts.append(f"{k.label} {fmt_value(now)}" + (f" {ch}" if ch else ""))
+        goal = f", {ln.goal}" if ln.goal else ""
+        lines.append(f"{ln.campaign} ({CHANNEL_NAME[ln.channel]}{goal}): " + " · ".join(parts))
+    north = None
+    if d.northstar:
+        name, values = d.northstar
+        shown = ", ".join(f"{c} {fmt_value(v)}" for c, v in values[:10]) or "no data"
+        north = f"North star, {name}: {shown}"
+    movers = [f"{c}: {k} {delta * 100:+.1f} pts" for c, k, delta in d.movers]
+    alerts = [f"{p['campaign']} {p['metric']} {p['op']} "
+              f"{p['threshold'] * 100 if p['unit'] == 'percent' else p['threshold']:g}"
+              f"{'%' if p['unit'] == 'percent' else ''} (rule #{p['rule_id']})" for p in d.alerts]
+    return {"title": title, "context": f"{d.tz} · {len(d.lines)} active campaign"
+            f"{'s' * (len(d.lines) != 1)}", "north": north, "lines": lines, "movers": movers,
+            "alerts": alerts}
+
+
+def digest_text(d, late: str | None = None) -> str:
+    p = digest_lines(d)
+    out = [p["title"] + (f" ({late})" if late else ""), p["context"]]
+    if p["north"]:
+        out += ["", p["north"]]
+    out += [""] + (p["lines"] or ["No campaign had activity in this period."])
+    if p["movers"]:
+        out += ["", "Top movers: " + "; ".join(p["movers"])]
+    if p["alerts"]:
+        out += ["", "Alerts that fired: " + "; ".join(p["alerts"])]
+    return "\n".join(out)

@@ -206,11 +206,17 @@ def _targets(store: Store, rule: Rule) -> list[tuple[Campaign, str]]:
 
 
 def measure(store: Store, camp: Campaign, channel: str, metric: str, start: int,
-            end: int) -> tuple[kpis.Value, int]:
+            end: int, cache: dict | None = None) -> tuple[kpis.Value, int]:
     """The metric over [start, end) and the volume it rests on (its denominator, or the
-    channel's sent/dialed count for a count metric)."""
-    reader = Reader(store, camp, zone(store.timezone()))
-    counters = reader.grouped(channel, start, end, None).get("", {})
+    channel's sent/dialed count for a count metric). ``cache`` shares the counters of one
+    campaign and window between rules."""
+    key = (camp.id, channel, start, end, metric == "reach")
+    counters = cache.get(key) if cache is not None else None
+    if counters is None:
+        reader = Reader(store, camp, zone(store.timezone()))
+        counters = reader.grouped(channel, start, end, None, reach=metric == "reach").get("", {})
+        if cache is not None:
+            cache[key] = counters
     value = kpis.REGISTRY[channel][metric].compute(counters)
     volume = value.denominator if value.denominator is not None else counters.get(
         "sent" if channel == "sms" else "dialed", 0)
@@ -221,78 +227,85 @@ def evaluate(store: Store, now: int, *, dry_run: bool = False,
              evaluator: str | None = None) -> list[Notice]:
     """Check every rule at ``now``; return the posts this call claimed (or, with
     ``dry_run``, would claim, changing nothing)."""
-    notices = []
-    for rule in rules(store):
+    measured = []
+    cache: dict = {}
+    for rule in rules(store):          # the numbers first, outside the write lock
         if rule.muted:
             continue
         start = now - rule.window_s
         for camp, channel in _targets(store, rule):
-            value, volume = measure(store, camp, channel, rule.metric, start, now)
-            notice = _step(store, rule, camp, value, volume, (start, now), now, dry_run,
-                           evaluator)
+            value, volume = measure(store, camp, channel, rule.metric, start, now, cache)
+            measured.append((rule, camp, value, volume, (start, now)))
+    # then every state change and claim in one write transaction: a second evaluator
+    # waits for it and then finds the states moved and the keys taken
+    notices = []
+    conn = store.conn
+    if not dry_run:
+        conn.execute("BEGIN IMMEDIATE")
+    try:
+        for rule, camp, value, volume, window in measured:
+            notice = _step(store, rule, camp, value, volume, window, now, dry_run, evaluator)
             if notice is not None:
                 notices.append(notice)
+        if not dry_run:
+            conn.commit()
+    except BaseException:
+        if not dry_run:
+            conn.rollback()
+        raise
     return notices
 
 
 def _step(store: Store, rule: Rule, camp: Campaign, value: kpis.Value, volume: int,
           window: tuple[int, int], now: int, dry_run: bool, evaluator: str | None):
-    """One pair's transition, in one write transaction with its claim."""
+    """One pair's transition and its claim (inside evaluate's write transaction)."""
     conn = store.conn
-    if not dry_run:
-        conn.execute("BEGIN IMMEDIATE")
-    try:
-        row = conn.execute("SELECT state, episode, since, snoozed_until, last_posted FROM "
-                           "alert_states WHERE rule_id = ? AND campaign_id = ?",
-                           (rule.id, camp.id)).fetchone()
-        state, episode, since, snoozed, last_posted = row or ("ok", 0, now, rule.snoozed_until,
-                                                              None)
-        note, kind = None, None
-        if value.value is None or volume < rule.min_volume:
-            note = f"below minimum volume ({volume:,} < {rule.min_volume:,})"
-        elif state != "firing" and rule.breached(value.value):
-            state, episode, since, kind = "firing", episode + 1, now, "firing"
-        elif state == "firing" and rule.recovered(value.value):
-            state, since, kind = "resolved", now, "recovered"
-        elif state == "firing" and rule.renotify_s and last_posted is not None and \
-                now - last_posted >= rule.renotify_s:
-            kind = "still firing"
-        quiet = snoozed is not None and now < snoozed
-        notice = None
-        if kind and not quiet:
-            suffix = {"firing": "fire", "recovered": "recover",
-                      "still firing": f"renotify:{(now - since) // (rule.renotify_s or 1)}"}[kind]
-            key = f"alert:{rule.id}:{camp.id}:{episode}:{suffix}"
-            thread = None if kind == "firing" else f"alert:{rule.id}:{camp.id}:{episode}:fire"
-            notice = Notice(key, kind, rule, camp.name, camp.id, value, window, thread)
-        if dry_run:
-            return notice
-        if notice is not None:
-            claimed = conn.execute(
-                "INSERT INTO posts(key, kind, channel, payload, status, claimed_at, claimed_by) "
-                "VALUES (?, 'alert', ?, ?, 'claimed', ?, ?) ON CONFLICT(key) DO NOTHING",
-                (notice.key, rule.channel, json.dumps(notice.payload()), now, evaluator)).rowcount
-            if claimed:
-                last_posted = now
-            else:
-                notice = None
-        conn.execute(
-            "INSERT INTO alert_states(rule_id, campaign_id, state, episode, since, snoozed_until, "
-            "last_checked, last_value, last_numerator, last_denominator, last_note, last_posted) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(rule_id, campaign_id) DO "
-            "UPDATE SET state = excluded.state, episode = excluded.episode, since = "
-            "excluded.since, last_checked = excluded.last_checked, last_value = "
-            "excluded.last_value, last_numerator = excluded.last_numerator, last_denominator = "
-            "excluded.last_denominator, last_note = excluded.last_note, last_posted = "
-            "excluded.last_posted",
-            (rule.id, camp.id, state, episode, since, snoozed, now, value.value,
-             value.numerator, value.denominator, note, last_posted))
-        conn.commit()
+    row = conn.execute("SELECT state, episode, since, snoozed_until, last_posted FROM "
+                       "alert_states WHERE rule_id = ? AND campaign_id = ?",
+                       (rule.id, camp.id)).fetchone()
+    state, episode, since, snoozed, last_posted = row or ("ok", 0, now, rule.snoozed_until,
+                                                          None)
+    note, kind = None, None
+    if value.value is None or volume < rule.min_volume:
+        note = f"below minimum volume ({volume:,} < {rule.min_volume:,})"
+    elif state != "firing" and rule.breached(value.value):
+        state, episode, since, kind = "firing", episode + 1, now, "firing"
+    elif state == "firing" and rule.recovered(value.value):
+        state, since, kind = "resolved", now, "recovered"
+    elif state == "firing" and rule.renotify_s and last_posted is not None and \
+            now - last_posted >= rule.renotify_s:
+        kind = "still firing"
+    quiet = snoozed is not None and now < snoozed
+    notice = None
+    if kind and not quiet:
+        suffix = {"firing": "fire", "recovered": "recover",
+                  "still firing": f"renotify:{(now - since) // (rule.renotify_s or 1)}"}[kind]
+        key = f"alert:{rule.id}:{camp.id}:{episode}:{suffix}"
+        thread = None if kind == "firing" else f"alert:{rule.id}:{camp.id}:{episode}:fire"
+        notice = Notice(key, kind, rule, camp.name, camp.id, value, window, thread)
+    if dry_run:
         return notice
-    except BaseException:
-        if not dry_run:
-            conn.rollback()
-        raise
+    if notice is not None:
+        claimed = conn.execute(
+            "INSERT INTO posts(key, kind, channel, payload, status, claimed_at, claimed_by) "
+            "VALUES (?, 'alert', ?, ?, 'claimed', ?, ?) ON CONFLICT(key) DO NOTHING",
+            (notice.key, rule.channel, json.dumps(notice.payload()), now, evaluator)).rowcount
+        if claimed:
+            last_posted = now
+        else:
+            notice = None
+    conn.execute(
+        "INSERT INTO alert_states(rule_id, campaign_id, state, episode, since, snoozed_until, "
+        "last_checked, last_value, last_numerator, last_denominator, last_note, last_posted) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(rule_id, campaign_id) DO "
+        "UPDATE SET state = excluded.state, episode = excluded.episode, since = "
+        "excluded.since, last_checked = excluded.last_checked, last_value = "
+        "excluded.last_value, last_numerator = excluded.last_numerator, last_denominator = "
+        "excluded.last_denominator, last_note = excluded.last_note, last_posted = "
+        "excluded.last_posted",
+        (rule.id, camp.id, state, episode, since, snoozed, now, value.value,
+         value.numerator, value.denominator, note, last_posted))
+    return notice
 
 
 def states(store: Store, rule_id: int) -> list[dict]:

@@ -210,3 +210,17 @@ def for_report(rep: Report, every: bool = False) -> list[tuple[str, bytes]]:
     if "call" in rep.current and rep.current["call"].dispositions:
         makers.append(("dispositions", dispositions))
     return [(name, make(rep)) for name, make in (makers if every else makers[:1])]
+
+
+def digest_volume(title: str, rows: list[tuple[str, int, str]], limit: int = 12) -> bytes:
+    """A digest's chart: volume per campaign (the biggest ``limit``), SMS and calls in two
+    colours. ``rows`` are (campaign, volume, channel)."""
+    rows = rows[:limit][::-1]
+    fig, ax = _figure(title, [r[0] for r in rows], right=0.88)
+    colours = [BAR if ch == "sms" else "#e0a96d" for _, _, ch in rows]
+    ax.barh([r[0] for r in rows], [r[1] for r in rows], color=colours)
+    for y, (_, n, ch) in enumerate(rows):
+        ax.text(n, y, f"  {n:,} {'sent' if ch == 'sms' else 'dialed'}", va="center", fontsize=9)
+    ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    return _png(fig)

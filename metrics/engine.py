@@ -198,8 +198,10 @@ class Reader:
         self.campaign = campaign
         self.tz = tz
 
-    def grouped(self, channel: str, start: int, end: int, dim: str | None) -> dict:
-        """key -> counters for events in [start, end); dim None: one key ''."""
+    def grouped(self, channel: str, start: int, end: int, dim: str | None,
+                reach: bool = True) -> dict:
+        """key -> counters for events in [start, end); dim None: one key '' (with reach
+        unless ``reach`` is false)."""
         kind = CHANNEL_KIND[channel]
         out: dict = {}
         if dim in TIME_DIMS or dim == "trend_hour":
@@ -214,7 +216,7 @@ class Reader:
             path = '$."' + dim.replace('"', '\\"') + '"'
             self._raw(kind, start, end, "COALESCE(json_extract(attrs, ?), '')", out, [path])
         self._daily(channel, start, end, dim, out)
-        if channel == "sms":
+        if channel == "sms" and reach:
             if dim is None:
                 out.setdefault("", {})["reach"] = self.reach(start, end)
         return out

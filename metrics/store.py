@@ -276,6 +276,24 @@ def m003_alerts(db: sqlite_utils.Database) -> None:
         CREATE INDEX posts_pending ON posts(status, next_attempt) WHERE status != 'sent';
         """)
 
+
+@migrations()
+def m004_digests(db: sqlite_utils.Database) -> None:
+    """Digest subscriptions: daily or weekly at a local time in an IANA zone."""
+    db.executescript(
+        """
+        CREATE TABLE digests (
+            id INTEGER PRIMARY KEY,
+            frequency TEXT NOT NULL CHECK (frequency IN ('daily', 'weekly')),
+            weekday INTEGER CHECK (weekday BETWEEN 0 AND 6),   -- weekly: 0 is Monday
+            at TEXT NOT NULL,                  -- HH:MM, local
+            tz TEXT NOT NULL,                  -- IANA zone
+            channel TEXT,
+            created_by TEXT,
+            created_at TEXT NOT NULL
+        );
+        """)
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
