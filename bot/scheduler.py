@@ -20,28 +20,23 @@ ALERT_INTERVAL_S = 60
 DIGEST_INTERVAL_S = 30
 
 
-def _alerts_job(store_factory: Callable[[], Store], client: WebClient) -> None:
-    store = store_factory()
-    try:
-        sent = jobs.check_alerts(store, client, int(time.time()))
-        if sent:
-            log.info("alerts: %d post(s) sent", sent)
-    except Exception:
-        log.exception("alert check failed; the next run tries again")
-    finally:
-        store.close()
+def _job(name: str, run: Callable) -> Callable:
+    """A scheduled job: its own Store for the run, errors logged (the next run retries)."""
+    def job(store_factory: Callable[[], Store], client: WebClient) -> None:
+        store = store_factory()
+        try:
+            sent = run(store, client, int(time.time()))
+            if sent:
+                log.info("%s: %d post(s) sent", name, sent)
+        except Exception:
+            log.exception("%s failed; the next run tries again", name)
+        finally:
+            store.close()
+    return job
 
 
-def _digests_job(store_factory: Callable[[], Store], client: WebClient) -> None:
-    store = store_factory()
-    try:
-        sent = jobs.run_digests(store, client, int(time.time()))
-        if sent:
-            log.info("digests: %d sent", sent)
-    except Exception:
-        log.exception("digest run failed; the next run tries again")
-    finally:
-        store.close()
+_alerts_job = _job("alerts", jobs.check_alerts)
+_digests_job = _job("digests", jobs.run_digests)
 
 
 def build(store_factory: Callable[[], Store], client: WebClient,

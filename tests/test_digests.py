@@ -91,16 +91,13 @@ def test_a_digest_added_after_its_time_waits_for_the_next(store, write):
     assert jobs.claim_digests(store, now) == []
 
 
-def test_two_running_bots_post_the_digest_once(tmp_path, write):
+def test_a_digest_for_the_next_minute_arrives_once_from_two_running_bots(tmp_path, write):
     db = tmp_path / "d.db"
     s = Store(db)
-    today = dt.datetime.now(U)
-    _campaigns(s, write, 2, (today - dt.timedelta(days=1)).date().isoformat())
-    due = today - dt.timedelta(minutes=1)
-    d = digests.add(s, "daily", f"{due:%H:%M}", "UTC", channel="CDIGEST")
-    s.conn.execute("UPDATE digests SET created_at = ?", ((today - dt.timedelta(days=2))
-                                                        .isoformat(),))
-    s.conn.commit()
+    now = dt.datetime.now(U)
+    _campaigns(s, write, 2, (now - dt.timedelta(days=1)).date().isoformat())
+    due = (now + dt.timedelta(minutes=1)).replace(second=0, microsecond=0)
+    digests.add(s, "daily", f"{due:%H:%M}", "UTC", channel="CDIGEST")    # created now
     s.close()
     with FakeSlack() as fake:
         bots = [scheduler.build(lambda: Store(db), client(fake), alert_interval_s=3600,
@@ -108,14 +105,32 @@ def test_two_running_bots_post_the_digest_once(tmp_path, write):
         for b in bots:
             b.start()
         try:
-            fake.wait_for("chat.postMessage", timeout=15)
-            time.sleep(3)
+            fake.wait_for("chat.postMessage", timeout=90)
+            arrived = time.time()
+            time.sleep(3)                    # both keep checking
         finally:
             for b in bots:
                 b.shutdown()
         (post,) = fake.of("chat.postMessage")
         assert post.params["channel"] == "CDIGEST" and "Daily digest" in post.params["text"]
-    assert d.id == 1
+        assert "late" not in post.params["text"]
+        assert due.timestamp() <= arrived < due.timestamp() + 10
+
+
+def test_a_digest_slack_refused_is_retried_and_arrives_once(store, write):
+    _campaigns(store, write, 2, "2026-03-03")
+    digests.add(store, "weekly", "09:00", "UTC", weekday=2, channel="C1")
+    store.conn.execute("UPDATE digests SET created_at = '2026-03-01T00:00:00+00:00'")
+    store.conn.commit()
+    with FakeSlack() as fake:
+        fake.script("chat.postMessage", (200, {}, {"ok": False, "error": "internal_error"}))
+        c = client(fake)
+        due = ts(2026, 3, 4, 9)                                  # Wednesday 09:00
+        assert jobs.run_digests(store, c, due + 5) == 0          # refused: kept
+        assert jobs.run_digests(store, c, due + 40) == 1         # retried after 30 s
+        assert jobs.run_digests(store, c, due + 600) == 0
+        ok = [p for p in fake.of("chat.postMessage")]
+        assert len(ok) == 2 and ok[1].params["text"].startswith("Weekly digest · 2026-02-25")
 
 
 def test_two_hundred_campaigns_fit_in_one_message(store, write):
