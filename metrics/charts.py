@@ -103,6 +103,7 @@ def trend(rep: Report, metric: str | None = None, threshold: float | None = None
     fig, ax = _figure(f"{rep.campaign.name} · {rep.period.label}", right=0.9)
     x = range(len(labels))
     ax.bar(x, vols, color=BAR, label=vol_name)
+    ax.set_ylim(0, max(vols, default=0) * 1.6 or 1)       # bars low, the line above them
     ax.set_ylabel(f"{vol_name} per {rep.trend_unit} (bars)", color="#4a6fa5")
     ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
     ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
@@ -114,7 +115,8 @@ def trend(rep: Report, metric: str | None = None, threshold: float | None = None
     if threshold is not None:
         ax2.axhline(threshold, color=LINE, linestyle="--", linewidth=1)
     ax2.xaxis.set_visible(False)
-    ax2.set_ylim(bottom=0)
+    top = max([v for v in values if v is not None] + [threshold or 0], default=0)
+    ax2.set_ylim(0, top * 1.1 if top > 0 else 1)
     ax2.yaxis.set_major_locator(MaxNLocator(5))
     _pct(ax2.yaxis, max((v for v in values if v is not None), default=None))
     step = max(1, -(-len(labels) // 7))
