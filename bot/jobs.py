@@ -47,38 +47,57 @@ def alert_message(payload: dict) -> dict:
     return {"text": text, "blocks": blocks}
 
 
-def send_pending(store: Store, client: WebClient, now: int, sender: str | None = None) -> int:
-    """Send every due alert post this sender can take; returns how many went out."""
+def _deliver(store: Store, client: WebClient, now: int, sender: str | None, kind: str,
+             prepare) -> int:
+    """Send every due post of ``kind`` this sender can take. ``prepare(post)`` returns
+    (channel, chat.postMessage arguments, what to do once it is out), or a string: why it
+    cannot be sent (kept and retried), or None: nothing to send any more."""
     sender = sender or sender_id()
     sent = 0
-    for post in alerts.pending(store, now, kind="alert"):
+    for post in alerts.pending(store, now, kind=kind):
         if not alerts.take(store, post["key"], now, sender):
             continue
-        payload = post["payload"]
-        if not post["channel"]:
-            alerts.mark_failed(store, post["key"], now, "the rule has no channel: remove it "
-                               "and add it again with `in #channel`")
+        ready = prepare(post)
+        if ready is None:
+            alerts.mark_sent(store, post["key"], now)
             continue
-        thread = alerts.thread_ts(store, payload.get("thread_key"))
+        if isinstance(ready, str):
+            alerts.mark_failed(store, post["key"], now, ready)
+            continue
+        channel, message, after = ready
         try:
-            resp = client.chat_postMessage(channel=post["channel"], thread_ts=thread,
-                                           reply_broadcast=bool(thread) and
-                                           payload["kind"] == "recovered",
-                                           **alert_message(payload))
-        except SlackApiError as exc:
-            error = exc.response.get("error", "error")
+            resp = client.chat_postMessage(channel=channel, **message)
+        except Exception as exc:   # Slack's refusals, and connection errors after retries
+            error = exc.response.get("error", "error") if isinstance(exc, SlackApiError) \
+                else repr(exc)
             delay = alerts.mark_failed(store, post["key"], now, error)
-            log.warning("alert post %s failed (%s); retrying in %s s", post["key"], error, delay)
-            continue
-        except Exception as exc:   # connection errors after the client's own retries
-            delay = alerts.mark_failed(store, post["key"], now, repr(exc))
-            log.warning("alert post %s failed (%r); retrying in %s s", post["key"], exc, delay)
+            log.warning("%s post %s failed (%s); retrying in %s s", kind, post["key"], error,
+                        delay)
             continue
         alerts.mark_sent(store, post["key"], now, resp.get("ts"))
         sent += 1
-        if payload["kind"] == "firing":
-            _chart_in_thread(store, client, post["channel"], resp.get("ts"), payload, now)
+        try:
+            after(resp.get("ts"))
+        except Exception:     # a chart that fails is logged; the post itself is out
+            log.exception("after sending %s", post["key"])
     return sent
+
+
+def send_pending(store: Store, client: WebClient, now: int, sender: str | None = None) -> int:
+    """Send every due alert post this sender can take; returns how many went out."""
+    def prepare(post):
+        payload = post["payload"]
+        if not post["channel"]:
+            return "the rule has no channel: remove it and add it again with `in #channel`"
+        thread = alerts.thread_ts(store, payload.get("thread_key"))
+        message = {**alert_message(payload), "thread_ts": thread,
+                   "reply_broadcast": bool(thread) and payload["kind"] == "recovered"}
+
+        def after(ts):
+            if payload["kind"] == "firing":
+                _chart_in_thread(store, client, post["channel"], ts, payload, now)
+        return post["channel"], message, after
+    return _deliver(store, client, now, sender, "alert", prepare)
 
 
 def _chart_in_thread(store: Store, client: WebClient, channel: str, ts: str | None,
@@ -179,44 +198,29 @@ def send_digests(store: Store, client: WebClient, now: int, sender: str | None =
     from metrics import charts, digests
 
     from .blocks import digest_message
-    sender = sender or sender_id()
-    sent = 0
-    for post in alerts.pending(store, now, kind="digest"):
-        if not alerts.take(store, post["key"], now, sender):
-            continue
+
+    def prepare(post):
         p = post["payload"]
         try:
             sub = digests.get(store, p["digest_id"])
         except digests.DigestError:
-            alerts.mark_sent(store, post["key"], now)   # unsubscribed meanwhile: nothing to say
-            continue
+            return None                       # unsubscribed meanwhile: nothing to say
         if not sub.channel:
-            alerts.mark_failed(store, post["key"], now, "the digest has no channel")
-            continue
+            return "the digest has no channel"
         scheduled = dt.datetime.fromisoformat(p["scheduled"])
         d = digest_for(store, sub, scheduled)
         late = (f"late: due {scheduled:%Y-%m-%d %H:%M %Z}, sent "
                 f"{dt.datetime.fromtimestamp(now, scheduled.tzinfo):%H:%M}") if p["late"] else None
-        try:
-            resp = client.chat_postMessage(channel=sub.channel, **digest_message(d, late))
-        except Exception as exc:
-            error = exc.response.get("error", "error") if isinstance(exc, SlackApiError) \
-                else repr(exc)
-            delay = alerts.mark_failed(store, post["key"], now, error)
-            log.warning("digest %s failed (%s); retrying in %s s", post["key"], error, delay)
-            continue
-        alerts.mark_sent(store, post["key"], now, resp.get("ts"))
-        sent += 1
-        if d.lines:
-            try:
+
+        def after(ts):
+            if d.lines:
                 title = "Volume by campaign · " + digests_title(d)
                 png = charts.digest_volume(title, [(ln.campaign, ln.volume, ln.channel)
                                                    for ln in d.lines])
-                client.files_upload_v2(channel=sub.channel, thread_ts=resp.get("ts"), file=png,
+                client.files_upload_v2(channel=sub.channel, thread_ts=ts, file=png,
                                        filename=f"digest-{sub.id}.png", title=title)
-            except Exception:
-                log.exception("digest chart failed")
-    return sent
+        return sub.channel, digest_message(d, late), after
+    return _deliver(store, client, now, sender, "digest", prepare)
 
 
 def digests_title(d) -> str:
