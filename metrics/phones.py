@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import phonenumbers
 from phonenumbers import NumberParseException, PhoneMetadata
@@ -45,6 +45,7 @@ class PhoneHasher:
                                       digest_size=16)
         self.default_region = default_region
         self._raw_cache: dict[str, Phone] = {}
+        self._cells = _Cells(self)
         self.invalid = 0
 
     def hash_e164(self, e164: str) -> bytes:
@@ -69,6 +70,14 @@ class PhoneHasher:
         if not phone.valid:
             self.invalid += 1
         return phone
+
+    def cells(self, raws: Sequence[str]) -> list[tuple]:
+        """A column of raw numbers as table cells: ``(hash, country, valid)`` per value,
+        the hash as a bytearray (which sqlite3 binds without its adapter lookup) and
+        ``""`` for no value; a blank number is ``("", "", True)``. Raises BadPhoneNumber
+        for the first value that is not a number. Counting invalid numbers is the
+        caller's (a batch may be retried)."""
+        return list(map(self._cells.__getitem__, raws))
 
     def _parse(self, raw: str) -> Phone:
         digits = raw[1:]
@@ -96,6 +105,27 @@ class PhoneHasher:
         valid = phonenumbers.is_valid_number(number)
         region = phonenumbers.region_code_for_number(number) if valid else None
         return Phone(self.hash_e164(e164), _fallback_region(number.country_code, region), valid)
+
+
+class _Cells(dict):
+    """raw number -> table cells, computed once per distinct number (bounded)."""
+
+    __slots__ = ("hasher",)
+
+    def __init__(self, hasher: PhoneHasher):
+        super().__init__()
+        self.hasher = hasher
+
+    def __missing__(self, raw: str) -> tuple:
+        if not raw.strip():
+            cell = ("", "", True)
+        else:
+            p = self.hasher._parse(raw)
+            cell = (bytearray(p.hash), p.country or "", p.valid)
+        if len(self) >= _CACHE_LIMIT:
+            self.clear()
+        self[raw] = cell
+        return cell
 
 
 _NATIONAL_PREFIX: dict[int, re.Pattern | None] = {}
@@ -173,6 +203,7 @@ def region_and_validity(cc: int, national: str) -> tuple[str | None, bool]:
     with the same metadata and order of checks."""
     regions = COUNTRY_CODE_TO_REGION_CODE.get(cc, ())
     region = None
+    valid = None   # known once a region was chosen by its validity
     if len(regions) == 1:
         region = regions[0]
     else:
@@ -185,10 +216,11 @@ def region_and_validity(cc: int, national: str) -> tuple[str | None, bool]:
                     region = r
                     break
             elif rules.valid(national):
-                region = r
+                region, valid = r, True
                 break
     if region is None:
         return _fallback_region(cc, None), False
-    rules = _rules(region, cc)
-    valid = rules is not None and rules.valid(national)
+    if valid is None:
+        rules = _rules(region, cc)
+        valid = rules is not None and rules.valid(national)
     return _fallback_region(cc, region if valid else None), valid

@@ -11,11 +11,29 @@ import hashlib
 import os
 import secrets
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any, Iterator
 
-import sqlite_utils
-from sqlite_utils.migrations import Migrations
+
+def _import_sqlite_utils():
+    """sqlite-utils imports pandas whenever it is installed, only to map pandas types when
+    creating tables from DataFrames, which kpibot never does; that costs 60 MB and half a
+    second on every start (`kpibot ask`, the import's writer). Hide pandas while it loads,
+    unless something already imported it."""
+    if "pandas" in sys.modules:
+        import sqlite_utils
+        return sqlite_utils
+    sys.modules["pandas"] = None   # type: ignore[assignment]  (makes `import pandas` fail)
+    try:
+        import sqlite_utils
+    finally:
+        del sys.modules["pandas"]
+    return sqlite_utils
+
+
+sqlite_utils = _import_sqlite_utils()
+from sqlite_utils.migrations import Migrations  # noqa: E402
 
 from .errors import HashKeyMismatch
 from .names import merged_channel, name_key

@@ -268,3 +268,34 @@ def test_foreign_keys_are_back_on_after_any_import(store, write):
     rejected(store, write("bad.csv", csv(GOOD[1].replace("delivered", "lost"))))
     assert one(store, "PRAGMA foreign_keys")[0] == 1
     assert rows(store, "PRAGMA foreign_key_check") == []
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_bad_rows_anywhere_in_a_large_batch_are_each_named(store, write, parallel):
+    """Batches are read column by column and a bad batch is halved until its bad rows
+    stand alone: each is named with its own line and first bad column, in line order,
+    and every good row around them lands exactly once, with its own content key."""
+    lines = [f"spring-sale,,2026-03-01T09:{i % 60:02d}:00Z,+1415555{i % 10000:04d},delivered,"
+             f"outbound,{i % 2}" for i in range(5000)]
+    lines[1] = lines[2]                                   # a true duplicate without an id
+    bad = {6: ("status", "lost"), 2500: ("recipient", "+999"), 2501: ("sent_at", "soon"),
+           4999: ("clicked", "maybe")}
+    for i, (col, value) in bad.items():
+        fields = lines[i].split(",")
+        fields[HEADER.strip().split(",").index(col)] = value
+        lines[i] = ",".join(fields)
+    path = write("many.csv", csv(*lines))
+    msg = rejected(store, path, parallel=parallel)
+    assert "4 bad rows out of 5,000" in msg
+    for i, (col, _) in bad.items():
+        assert f"line {i + 2}, column '{col}'" in msg
+    assert msg.index("line 8,") < msg.index("line 2502,") < msg.index("line 2503,") < msg.index("line 5001,")
+    r = import_file(store, path, skip_bad_rows=True, parallel=parallel)
+    assert (r.rows_in, r.rows_new, r.rows_rejected) == (5000, 4996, 4)
+    assert [(e.line, e.column) for e in r.errors] == [(i + 2, c) for i, (c, _) in bad.items()]
+    assert one(store, "SELECT COUNT(*), SUM(clicked) FROM messages") == (4996, sum(
+        i % 2 for i in range(5000) if i not in bad and i != 1) + 0)
+    keys = [k for (k,) in rows(store, "SELECT message_key FROM messages WHERE message_key "
+                                      "LIKE '%:2'")]
+    assert len(keys) == 1   # the duplicate is the second of its content
+    assert import_file(store, path, skip_bad_rows=True, parallel=parallel).rows_new == 0

@@ -12,6 +12,28 @@ from .conftest import one, rows
 UTC = dt.timezone.utc
 
 
+@pytest.fixture(autouse=True)
+def _no_placeholder_is_stored(request):
+    """Built rows say "no value" with "" and the insert turns it into NULL: after every
+    import here, no column that may be NULL holds an empty string or text where a blob
+    or number belongs."""
+    if "store" not in request.fixturenames:
+        yield
+        return
+    conn = request.getfixturevalue("store").conn   # set up before, so torn down after this
+    yield
+    for table in ("messages", "calls", "daily"):
+        for _, col, decl, notnull, _, pk in conn.execute(f"PRAGMA table_info({table})"):
+            if pk:
+                continue
+            empty = conn.execute(f'SELECT COUNT(*) FROM {table} WHERE "{col}" = \'\'').fetchone()[0]
+            assert empty == 0, f"{table}.{col} holds ''"
+            if decl in ("INTEGER", "BLOB"):
+                bad = conn.execute(f'SELECT COUNT(*) FROM {table} WHERE typeof("{col}") NOT IN '
+                                   f"('null', '{decl.lower()}')").fetchone()[0]
+                assert bad == 0, f"{table}.{col} holds a value that is not {decl}"
+
+
 def ts(*args) -> int:
     return int(dt.datetime(*args, tzinfo=UTC).timestamp())
 

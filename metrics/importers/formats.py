@@ -6,8 +6,9 @@ import datetime as dt
 import hashlib
 import json
 from dataclasses import dataclass, field
+from itertools import repeat
 from operator import itemgetter
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from ..phones import BadPhoneNumber, PhoneHasher
 from ..times import parse_time
@@ -91,6 +92,12 @@ def detect(header: list[str]) -> str | None:
         if all(n in names for n in needs):
             return name
     return None
+
+
+# "No value" in a built row. The writer's SQL turns it into NULL (NULLIF(?, '') on every
+# column that may be NULL): Python's sqlite3 binds str, int and bytearray directly but
+# sends None and bytes through its adapter lookup, which made up a third of the insert time.
+NULL = ""
 
 
 class RowProblem(Exception):
@@ -216,43 +223,55 @@ class Memo(dict):
     """``memo[raw]`` is ``fn(raw)``, computed once per distinct raw value: most columns
     (statuses, flags, currencies, prices, segments) hold a handful of distinct values, and
     a dict hit costs far less than parsing. Bounded: past ``limit`` values it stops
-    remembering new ones, so memory stays flat. Errors are never remembered."""
+    remembering new ones, so memory stays flat. Errors are never remembered. With
+    ``null``, a result of None is given as :data:`NULL`."""
 
-    __slots__ = ("fn", "limit")
+    __slots__ = ("fn", "limit", "null")
 
-    def __init__(self, fn: Callable[[str], Any], limit: int = 20_000):
+    def __init__(self, fn: Callable[[str], Any], limit: int = 20_000, null: bool = False):
         super().__init__()
-        self.fn, self.limit = fn, limit
+        self.fn, self.limit, self.null = fn, limit, null
 
     def __missing__(self, raw: str) -> Any:
         value = self.fn(raw)
+        if value is None and self.null:
+            value = NULL
         if len(self) < self.limit:
             self[raw] = value
         return value
 
+    def column(self, values: Sequence[str]) -> list:
+        """The whole column at once (a C-level loop over dict lookups)."""
+        return list(map(self.__getitem__, values))
+
 
 class _Fields:
-    """How to read each canonical field from a CSV row: the column's value, a mapping's
-    constant where the column is missing or empty, translated through the mapping's
-    value table. The plain case (a column, no constant, no table) is an itemgetter."""
+    """How to read each canonical field from a batch of CSV rows: the column's values, a
+    mapping's constant where the column is missing or empty, translated through the
+    mapping's value table. The plain case (a column, no constant, no table) is the
+    column itself."""
 
     def __init__(self, index: dict[str, int], consts: dict[str, str],
                  vmaps: dict[str, tuple[str, dict[str, str]]], labels: dict[str, str]):
         self.index, self.consts, self.vmaps, self.labels = index, consts, vmaps, labels
 
-    def get(self, name: str) -> Callable[[list[str]], str]:
+    def has(self, name: str) -> bool:
+        return name in self.index or name in self.consts
+
+    def _source(self, name: str) -> tuple[int | None, Callable[[str], str] | None]:
+        """The field's column (None: a constant) and what turns a raw value into the
+        field's value (None: the raw value itself)."""
         i = self.index.get(name)
         const = self.consts.get(name)
         if i is None:
             value = const or ""
-            return lambda f: value
+            return None, lambda raw: value
         vmap = self.vmaps.get(name)
         if const is None and vmap is None:
-            return itemgetter(i)
+            return i, None
         label, table = vmap if vmap else (None, None)
 
-        def read(f: list[str]) -> str:
-            raw = f[i]
+        def one(raw: str) -> str:
             if not raw.strip():
                 if const is not None:
                     return const
@@ -269,14 +288,32 @@ class _Fields:
                                         f"(mapped: {known})")
             return hit
 
-        return read
+        return i, one
+
+    def reader(self, name: str) -> Callable[[Sequence[Sequence[str]], int], Sequence[str]]:
+        """``read(columns, n)``: the field's n values from a batch's columns."""
+        i, fn = self._source(name)
+        if i is None:
+            value = fn("")
+            return lambda cols, n: [value] * n
+        if fn is None:
+            return lambda cols, n: cols[i]
+        return lambda cols, n: list(map(fn, cols[i]))
+
+    def get(self, name: str) -> Callable[[Sequence[str]], str]:
+        """``get(fields)``: the field's value in one CSV row."""
+        i, fn = self._source(name)
+        if i is None:
+            value = fn("")
+            return lambda fields: value
+        if fn is None:
+            return itemgetter(i)
+        return lambda fields: fn(fields[i])
 
 
-def _attrs(extras: list[tuple[str, int]], fields: list[str]) -> str | None:
-    if not extras:
-        return None
+def _attrs(extras: list[tuple[str, int]], fields: Sequence[str]) -> str:
     d = {name: fields[i].strip() for name, i in extras if fields[i].strip()}
-    return json.dumps(d, ensure_ascii=False, separators=(",", ":")) if d else None
+    return json.dumps(d, ensure_ascii=False, separators=(",", ":")) if d else NULL
 
 
 def _nonempty_name(raw: str) -> str:
@@ -286,165 +323,188 @@ def _nonempty_name(raw: str) -> str:
     return name
 
 
-def _message_builder(fmt, ctx: Context, cols: _Fields, extras):
-    tz, phones, twilio, labels = ctx.tz, ctx.phones, fmt.twilio, cols.labels
-    senders, attributes = ctx.senders, ctx.attributes
-    extra_names = [n for n, _ in extras]
-    import_id = ctx.import_id
-    G = cols.get
-    g_dir, g_campaign, g_rcpt = G("direction"), G("campaign"), G("recipient")
-    g_from, g_to, g_service = G("from"), G("to"), G("service")
-    g_id, g_time, g_status, g_err, g_body = (G("message_id"), G("sent_at"), G("status"),
-                                             G("error_code"), G("body"))
-    g_cost, g_cur, g_segments, g_revenue = G("cost"), G("currency"), G("segments"), G("revenue")
-    g_clicked, g_converted, g_opted, g_replied, g_spam = (
-        G("clicked"), G("converted"), G("opted_out"), G("replied"), G("spam_complaint"))
-    g_segment, g_variant = G("segment"), G("variant")
-    m_dir, m_status, m_count, m_flag, m_text = (Memo(V.direction), Memo(V.sms_status),
-                                                Memo(V.count), Memo(V.flag), Memo(V.text))
-    m_cost = Memo(lambda s: V.money_micros(s, absolute=twilio) if s else None)
-    m_money = Memo(lambda s: V.money_micros(s) if s else None)
-    m_name = Memo(_nonempty_name)
-    m_campaign = Memo(lambda name: ctx.campaign_id(name, "sms"))
-    m_sender = Memo(lambda s: senders.get(_digits(s)))
-    content_key = ctx.content_key
+class _Common:
+    """What the message and call builders share: campaigns, recipients, keys, attributes.
+    Nothing here has side effects until :meth:`finish`, which runs only for a batch whose
+    every value was read."""
 
-    def build(fields: list[str]) -> tuple:
-        col = "direction"
+    def __init__(self, ctx: Context, fmt: Format, cols: _Fields, extras, channel: str,
+                 id_field: str, key_prefix: str, no_sender: str):
+        self.ctx, self.cols, self.extras = ctx, cols, extras
+        self.twilio = twilio = fmt.twilio
+        self.channel, self.key_prefix, self.no_sender = channel, key_prefix, no_sender
+        self.m_dir = Memo(V.direction)
+        self.m_flag, self.m_text = Memo(V.flag), Memo(V.text, null=True)
+        # Twilio writes charges as negative prices
+        self.m_cost = Memo(lambda s: V.money_micros(s, absolute=twilio) if s else None, null=True)
+        self.m_money = Memo(lambda s: V.money_micros(s) if s else None, null=True)
+        R = cols.reader
+        self.r_dir = R("direction")
+        self.r_campaign, self.r_rcpt, self.r_id = R("campaign"), R("recipient"), R(id_field)
+        self.r_from, self.r_to, self.r_service = R("from"), R("to"), R("service")
+        self.m_name = Memo(_nonempty_name)
+        self.m_campaign = Memo(lambda name: ctx.campaign_id(name, channel))
+        senders = ctx.senders
+        self.m_sender = Memo(lambda s: senders.get(_digits(s)))
+
+    def read_parties(self, rows: Sequence[Sequence[str]]) -> tuple:
+        """The batch's size and columns, each row's direction, campaign name and the other
+        party's number as table cells."""
+        n = len(rows)
+        C = list(zip(*rows))
+        self.col = "direction"
         try:
-            direction = m_dir[g_dir(fields)]
-            if twilio:
-                out = direction == "outbound"
-                col = "from" if out else "to"
-                name = ctx.campaign or m_sender[g_from(fields) if out else g_to(fields)] \
-                    or senders.get(g_service(fields))
-                if not name:
-                    raise V.BadValue("no campaign for this sender: pass --campaign NAME, or map "
-                                     "senders to campaigns in a --map file's [campaign_by_sender]")
-                col = "to" if out else "from"
-                raw_to = g_to(fields) if out else g_from(fields)
-            else:
-                col = "campaign"
-                name = m_name[g_campaign(fields)]
-                col = "recipient"
-                raw_to = g_rcpt(fields)
-            phone = phones(raw_to) if raw_to else None
+            direction = self.m_dir.column(self.r_dir(C, n))
+            names, raw_to = self.names_and_numbers(C, n, direction)
+            cells = self.ctx.phones.cells(raw_to)
+        except (V.BadValue, ValueError, BadPhoneNumber) as exc:
+            raise RowProblem(self.cols.labels.get(self.col, self.col), str(exc)) from None
+        return n, C, direction, names, cells
+
+    def names_and_numbers(self, C, n: int, direction: list[str]) -> tuple[list, Sequence[str]]:
+        """Each row's campaign name and the other party's raw number. Sets ``self.col``
+        to the column being read, for the error message."""
+        if not self.twilio:
+            self.col = "campaign"
+            names = self.m_name.column(self.r_campaign(C, n))
+            self.col = "recipient"
+            return names, self.r_rcpt(C, n)
+        ctx = self.ctx
+        froms, tos = self.r_from(C, n), self.r_to(C, n)
+        out = [d == "outbound" for d in direction]
+        if ctx.campaign:
+            names = [ctx.campaign] * n
+        else:
+            own = [f if o else t for o, f, t in zip(out, froms, tos)]
+            names = self.m_sender.column(own)
+            if None in names:
+                services = self.r_service(C, n)
+                for j, name in enumerate(names):
+                    if not name:
+                        name = names[j] = ctx.senders.get(services[j])
+                        if not name:
+                            self.col = "from" if out[j] else "to"
+                            raise V.BadValue(self.no_sender)
+        self.col = "to" if out[0] else "from"   # what a one-row batch names
+        return names, [t if o else f for o, f, t in zip(out, froms, tos)]
+
+    def finish(self, rows: Sequence[Sequence[str]], C, n: int, names: list[str],
+               cells: list[tuple]) -> tuple[list[int], list[str], list[str]]:
+        """Campaign ids, row keys and attributes for a batch that read cleanly."""
+        ctx = self.ctx
+        cids = self.m_campaign.column(names)   # only now: a rejected row creates no campaign
+        keys = list(map(str.strip, self.r_id(C, n)))
+        if "" in keys:
+            for j, k in enumerate(keys):
+                if not k:
+                    keys[j] = ctx.content_key(f"{self.key_prefix}{cids[j]}", rows[j])
+        if self.extras:
+            extras = self.extras
+            attrs = [_attrs(extras, r) for r in rows]
+            names_ = [name for name, _ in extras]
+            for cid, a in zip(cids, attrs):
+                if a:
+                    ctx.attributes.update((cid, name) for name in names_)
+        else:
+            attrs = [NULL] * n
+        ctx.phones.invalid += n - sum(map(itemgetter(2), cells))
+        return cids, keys, attrs
+
+
+def _message_builder(fmt, ctx: Context, cols: _Fields, extras):
+    tz, labels = ctx.tz, cols.labels
+    R = cols.reader
+    r_time, r_status, r_err, r_body = R("sent_at"), R("status"), R("error_code"), R("body")
+    r_cost, r_cur, r_segments, r_revenue = R("cost"), R("currency"), R("segments"), R("revenue")
+    r_flags = [(f, R(f)) for f in ("clicked", "converted", "opted_out", "replied",
+                                   "spam_complaint")]
+    r_segment, r_variant = R("segment"), R("variant")
+    common = _Common(ctx, fmt, cols, extras, "sms", "message_id", "m",
+                     "no campaign for this sender: pass --campaign NAME, or map senders to "
+                     "campaigns in a --map file's [campaign_by_sender]")
+    m_status, m_count = Memo(V.sms_status), Memo(V.count, null=True)
+    m_flag, m_text, m_cost, m_money = common.m_flag, common.m_text, common.m_cost, common.m_money
+    import_id = ctx.import_id
+
+    def build(rows: Sequence[Sequence[str]]) -> list[tuple]:
+        n, C, direction, names, cells = common.read_parties(rows)
+        try:
             col = "sent_at"
-            sent_at = parse_time(g_time(fields), tz)
+            sent_at = list(map(parse_time, r_time(C, n), repeat(tz)))
             col = "status"
-            status = m_status[g_status(fields)]
+            status = m_status.column(r_status(C, n))
             col = "cost"
-            cost = m_cost[g_cost(fields)]
+            cost = m_cost.column(r_cost(C, n))
             col = "revenue"
-            revenue = m_money[g_revenue(fields)]
+            revenue = m_money.column(r_revenue(C, n))
             col = "segments"
-            segments = m_count[g_segments(fields)]
-            col = "clicked"
-            clicked = m_flag[g_clicked(fields)]
-            col = "converted"
-            converted = m_flag[g_converted(fields)]
-            col = "opted_out"
-            opted_out = m_flag[g_opted(fields)]
-            col = "replied"
-            replied = m_flag[g_replied(fields)]
-            col = "spam_complaint"
-            spam = m_flag[g_spam(fields)]
+            segments = m_count.column(r_segments(C, n))
+            flags = []
+            for col, read in r_flags:
+                flags.append(m_flag.column(read(C, n)))
         except (V.BadValue, ValueError, BadPhoneNumber) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
-        cid = m_campaign[name]   # only now: a rejected row creates no campaign
-        keyword = V.keyword(g_body(fields)) if direction == "inbound" else None
-        key = g_id(fields).strip() or content_key(f"m{cid}", fields)
-        attrs = _attrs(extras, fields)
-        if attrs:
-            for n in extra_names:
-                attributes.add((cid, n))
-        if phone is None:
-            rcpt = country = None
+        cids, keys, attrs = common.finish(rows, C, n, names, cells)
+        if "inbound" in direction:
+            keyword = [(V.keyword(b) or NULL) if d == "inbound" else NULL
+                       for d, b in zip(direction, r_body(C, n))]
         else:
-            rcpt, country = phone.hash, phone.country
-        return (key, cid, sent_at, direction, status, m_text[g_err(fields)], rcpt, country,
-                segments, cost, m_text[g_cur(fields)], clicked, converted, revenue, opted_out,
-                replied, spam, keyword, m_text[g_segment(fields)], m_text[g_variant(fields)],
-                attrs, import_id)
+            keyword = [NULL] * n
+        clicked, converted, opted_out, replied, spam = flags
+        return list(zip(keys, cids, sent_at, direction, status, m_text.column(r_err(C, n)),
+                        map(itemgetter(0), cells), map(itemgetter(1), cells), segments, cost,
+                        m_text.column(r_cur(C, n)), clicked, converted, revenue, opted_out,
+                        replied, spam, keyword, m_text.column(r_segment(C, n)),
+                        m_text.column(r_variant(C, n)), attrs, repeat(import_id)))
 
     return build
 
 
 def _call_builder(fmt, ctx: Context, cols: _Fields, extras):
-    tz, phones, twilio, labels = ctx.tz, ctx.phones, fmt.twilio, cols.labels
-    senders, attributes = ctx.senders, ctx.attributes
-    extra_names = [n for n, _ in extras]
+    tz, labels = ctx.tz, cols.labels
+    R = cols.reader
+    r_time, r_status, r_answered, r_duration = (R("started_at"), R("status"), R("answered_by"),
+                                                R("duration_s"))
+    r_disp, r_abandoned, r_converted, r_revenue, r_cost, r_cur, r_agent = (
+        R("disposition"), R("abandoned"), R("converted"), R("revenue"), R("cost"),
+        R("currency"), R("agent"))
+    r_segment, r_variant = R("segment"), R("variant")
+    common = _Common(ctx, fmt, cols, extras, "call", "call_id", "c",
+                     "no campaign for this caller ID: pass --campaign NAME, or map numbers to "
+                     "campaigns in a --map file's [campaign_by_sender]")
+    m_status, m_answered, m_seconds = (Memo(V.call_status), Memo(V.answered_by, null=True),
+                                       Memo(V.seconds, null=True))
+    m_flag, m_text, m_cost, m_money = common.m_flag, common.m_text, common.m_cost, common.m_money
     import_id = ctx.import_id
-    G = cols.get
-    g_dir, g_campaign, g_rcpt, g_from, g_to = (G("direction"), G("campaign"), G("recipient"),
-                                               G("from"), G("to"))
-    g_id, g_time, g_status, g_answered, g_duration = (G("call_id"), G("started_at"), G("status"),
-                                                      G("answered_by"), G("duration_s"))
-    g_disp, g_abandoned, g_converted, g_revenue, g_cost, g_cur, g_agent = (
-        G("disposition"), G("abandoned"), G("converted"), G("revenue"), G("cost"),
-        G("currency"), G("agent"))
-    g_segment, g_variant = G("segment"), G("variant")
-    m_dir, m_status, m_answered, m_seconds, m_flag, m_text = (
-        Memo(V.direction), Memo(V.call_status), Memo(V.answered_by), Memo(V.seconds),
-        Memo(V.flag), Memo(V.text))
-    m_cost = Memo(lambda s: V.money_micros(s, absolute=twilio) if s else None)
-    m_money = Memo(lambda s: V.money_micros(s) if s else None)
-    m_name = Memo(_nonempty_name)
-    m_campaign = Memo(lambda name: ctx.campaign_id(name, "call"))
-    m_sender = Memo(lambda s: senders.get(_digits(s)))
-    content_key = ctx.content_key
 
-    def build(fields: list[str]) -> tuple:
-        col = "direction"
+    def build(rows: Sequence[Sequence[str]]) -> list[tuple]:
+        n, C, direction, names, cells = common.read_parties(rows)
         try:
-            direction = m_dir[g_dir(fields)]
-            if twilio:
-                out = direction == "outbound"
-                col = "from" if out else "to"
-                name = ctx.campaign or m_sender[g_from(fields) if out else g_to(fields)]
-                if not name:
-                    raise V.BadValue("no campaign for this caller ID: pass --campaign NAME, or map "
-                                     "numbers to campaigns in a --map file's [campaign_by_sender]")
-                col = "to" if out else "from"
-                raw_to = g_to(fields) if out else g_from(fields)
-            else:
-                col = "campaign"
-                name = m_name[g_campaign(fields)]
-                col = "recipient"
-                raw_to = g_rcpt(fields)
-            phone = phones(raw_to) if raw_to else None
             col = "started_at"
-            started_at = parse_time(g_time(fields), tz)
+            started_at = list(map(parse_time, r_time(C, n), repeat(tz)))
             col = "status"
-            status = m_status[g_status(fields)]
+            status = m_status.column(r_status(C, n))
             col = "answered_by"
-            answered_by = m_answered[g_answered(fields)]
+            answered_by = m_answered.column(r_answered(C, n))
             col = "duration_s"
-            duration = m_seconds[g_duration(fields)]
+            duration = m_seconds.column(r_duration(C, n))
             col = "abandoned"
-            abandoned = m_flag[g_abandoned(fields)]
+            abandoned = m_flag.column(r_abandoned(C, n))
             col = "converted"
-            converted = m_flag[g_converted(fields)]
+            converted = m_flag.column(r_converted(C, n))
             col = "revenue"
-            revenue = m_money[g_revenue(fields)]
+            revenue = m_money.column(r_revenue(C, n))
             col = "cost"
-            cost = m_cost[g_cost(fields)]
+            cost = m_cost.column(r_cost(C, n))
         except (V.BadValue, ValueError, BadPhoneNumber) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
-        cid = m_campaign[name]   # only now: a rejected row creates no campaign
-        key = g_id(fields).strip() or content_key(f"c{cid}", fields)
-        attrs = _attrs(extras, fields)
-        if attrs:
-            for n in extra_names:
-                attributes.add((cid, n))
-        if phone is None:
-            rcpt = country = None
-        else:
-            rcpt, country = phone.hash, phone.country
-        return (key, cid, started_at, direction, status, answered_by, duration,
-                m_text[g_disp(fields)], abandoned, converted, revenue, cost,
-                m_text[g_cur(fields)], m_text[g_agent(fields)], rcpt, country,
-                m_text[g_segment(fields)], m_text[g_variant(fields)], attrs, import_id)
+        cids, keys, attrs = common.finish(rows, C, n, names, cells)
+        return list(zip(keys, cids, started_at, direction, status, answered_by, duration,
+                        m_text.column(r_disp(C, n)), abandoned, converted, revenue, cost,
+                        m_text.column(r_cur(C, n)), m_text.column(r_agent(C, n)),
+                        map(itemgetter(0), cells), map(itemgetter(1), cells),
+                        m_text.column(r_segment(C, n)), m_text.column(r_variant(C, n)), attrs,
+                        repeat(import_id)))
 
     return build
 
@@ -460,7 +520,7 @@ def _daily_builder(fmt, ctx: Context, cols: _Fields, extras):
     g_cost, g_revenue, g_talk = cols.get("cost"), cols.get("revenue"), cols.get("talk_seconds")
     g_counts = [(c, cols.get(c)) for c in _DAILY_COUNTS]
 
-    def build(fields: list[str]) -> tuple:
+    def build_row(fields: Sequence[str]) -> tuple:
         col = "date"
         try:
             raw = g_date(fields).strip()
@@ -496,11 +556,17 @@ def _daily_builder(fmt, ctx: Context, cols: _Fields, extras):
         except (V.BadValue, ValueError) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
         cid = campaign_id(name, chan)
-        return (cid, day.isoformat(), chan, counts["sent"], counts["delivered"], counts["failed"],
-                counts["clicks"], counts["conversions"], counts["opt_outs"], counts["replies"],
-                counts["complaints"], cost, revenue, counts["new_subscribers"],
-                counts["list_size"], counts["calls_dialed"], counts["calls_answered"],
-                counts["calls_abandoned"], talk, import_id)
+        return tuple(NULL if v is None else v for v in (
+            cid, day.isoformat(), chan, counts["sent"], counts["delivered"], counts["failed"],
+            counts["clicks"], counts["conversions"], counts["opt_outs"], counts["replies"],
+            counts["complaints"], cost, revenue, counts["new_subscribers"],
+            counts["list_size"], counts["calls_dialed"], counts["calls_answered"],
+            counts["calls_abandoned"], talk, import_id))
+
+    def build(rows: Sequence[Sequence[str]]) -> list[tuple]:
+        # a few rows per campaign and day: row by row (campaign_id is idempotent, so a
+        # batch retried after a bad row creates nothing twice)
+        return [build_row(r) for r in rows]
 
     return build
 

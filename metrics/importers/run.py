@@ -66,24 +66,32 @@ class ImportResult:
         return line
 
 
-def _upsert(table: str, columns: tuple[str, ...], key: tuple[str, ...]) -> str:
-    """Insert a row, or update the stored one when the file's copy differs (the later
-    copy wins; identical rows are left alone, so re-importing an export rewrites nothing)."""
+_KEYS = {"message": ("messages", MESSAGE_COLUMNS, ("message_key",)),
+         "call": ("calls", CALL_COLUMNS, ("call_key",)),
+         "daily": ("daily", DAILY_COLUMNS, ("campaign_id", "date", "channel"))}
+
+
+def _insert_sql(conn, kind: str) -> tuple[str, str]:
+    """The two statements a batch goes in with: an insert that skips rows already
+    present, and an upsert for batches where some were. The upsert updates the stored row
+    when the file's copy differs (the later copy wins; identical rows are left alone, so
+    re-importing an export rewrites nothing). A built row holds ``NULL`` ("") for no
+    value; every column that may be NULL reads it through NULLIF."""
+    table, columns, key = _KEYS[kind]
+    nullable = {name for _, name, _, notnull, _, pk in
+                conn.execute(f"PRAGMA table_info({table})").fetchall() if not notnull and not pk}
+    values = ", ".join("NULLIF(?, '')" if c in nullable else "?" for c in columns)
+    head = f"INSERT INTO {table} ({', '.join(columns)})"
     data = [c for c in columns if c not in key and c != "import_id"]
     stored = ", ".join(f"{table}.{c}" for c in data)
     incoming = ", ".join(f"excluded.{c}" for c in data)
-    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) "
-            f"ON CONFLICT({', '.join(key)}) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in data + ["import_id"])
-            + f" WHERE ({stored}) IS NOT ({incoming})")
+    upsert = (f"{head} VALUES ({values}) ON CONFLICT({', '.join(key)}) DO UPDATE SET "
+              + ", ".join(f"{c} = excluded.{c}" for c in data + ["import_id"])
+              + f" WHERE ({stored}) IS NOT ({incoming})")
+    return head.replace("INSERT", "INSERT OR IGNORE", 1) + f" VALUES ({values})", upsert
 
 
-_SQL = {
-    "message": _upsert("messages", MESSAGE_COLUMNS, ("message_key",)),
-    "call": _upsert("calls", CALL_COLUMNS, ("call_key",)),
-    "daily": _upsert("daily", DAILY_COLUMNS, ("campaign_id", "date", "channel")),
-}
-_TABLE = {"message": "messages", "call": "calls", "daily": "daily"}
+_TABLE = {kind: table for kind, (table, _, _) in _KEYS.items()}
 
 
 def import_file(
@@ -148,7 +156,6 @@ def import_file(
     if parallel is None:
         parallel = src.size >= PARALLEL_BYTES
     table = _TABLE[fmt.kind]
-    sql = _SQL[fmt.kind]
     hash_key = store.hash_key()
     # A bigger page cache for the duration of the import: inserts into the key index land
     # at random places, and re-reading evicted pages dominates otherwise.
@@ -175,17 +182,27 @@ def import_file(
                 next_campaign_id=next_id, skip_bad_rows=skip_bad_rows,
                 senders=dict(mapping.senders) if mapping else {})
             max_before = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
-            rebuild = _suspend_indexes(conn, table, src.estimated_rows(), max_before)
+            # Parsed in a second process, the writer waits on the parser half the time:
+            # keeping the indexes up to date row by row then costs nothing at the end.
+            # Parsed here, every second counts twice, so a bulk load rebuilds them.
+            rebuild = [] if parallel else _suspend_indexes(conn, table, src.estimated_rows(),
+                                                           max_before)
             errors = result.errors
             campaign_ids = {cid for cid, _ in job.campaigns.values()}
             campaign_of = itemgetter(0 if fmt.kind == "daily" else 1)
+            insert, upsert = _insert_sql(conn, fmt.kind)
+            present = False    # met a row that was already stored
             for message in (_in_child(job) if parallel else parse(job)):
                 kind = message[0]
                 if kind == "rows":
                     _, rows, row_errors, done_bytes = message
                     if rows:
                         _check_references(rows, campaign_of, campaign_ids, import_id)
-                        conn.executemany(sql, rows)
+                        # New rows (the usual case) go in with a plain insert; once a
+                        # batch meets stored rows, it and the rest go through the upsert.
+                        if present or conn.executemany(insert, rows).rowcount != len(rows):
+                            present = True
+                            conn.executemany(upsert, rows)
                     errors.extend(row_errors)
                     if progress:
                         progress(done_bytes, src.size)
