@@ -30,7 +30,7 @@ from .formats import FORMATS, Context, RowProblem, bind
 from .mapping import Mapping
 from .source import CsvSource
 
-BATCH = 20_000
+BATCH = 10_000
 GC_EVERY = 16                # batches between collections of reference cycles
 MAX_REPORTED = 50
 

@@ -21,7 +21,7 @@ from .parse import ParseJob, parse
 from .source import CsvSource
 
 REPLY_WINDOW_S = 7 * 86400
-IMPORT_CACHE_KIB = 64 * 1024
+IMPORT_CACHE_KIB = 40 * 1024
 PARALLEL_BYTES = 4 << 20       # files this big are parsed in a second process
 SUSPEND_INDEX_ROWS = 50_000    # bulk loads this big rebuild the time index at the end
 
