@@ -21,7 +21,7 @@ from .parse import ParseJob, parse
 from .source import CsvSource
 
 REPLY_WINDOW_S = 7 * 86400
-IMPORT_CACHE_KIB = 40 * 1024
+IMPORT_CACHE_KIB = 64 * 1024
 PARALLEL_BYTES = 4 << 20       # files this big are parsed in a second process
 SUSPEND_INDEX_ROWS = 50_000    # bulk loads this big rebuild the time index at the end
 
@@ -182,11 +182,7 @@ def import_file(
                 next_campaign_id=next_id, skip_bad_rows=skip_bad_rows,
                 senders=dict(mapping.senders) if mapping else {})
             max_before = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
-            # Parsed in a second process, the writer waits on the parser half the time:
-            # keeping the indexes up to date row by row then costs nothing at the end.
-            # Parsed here, every second counts twice, so a bulk load rebuilds them.
-            rebuild = [] if parallel else _suspend_indexes(conn, table, src.estimated_rows(),
-                                                           max_before)
+            rebuild = _suspend_indexes(conn, table, src.estimated_rows(), max_before)
             errors = result.errors
             campaign_ids = {cid for cid, _ in job.campaigns.values()}
             campaign_of = itemgetter(0 if fmt.kind == "daily" else 1)
