@@ -211,7 +211,7 @@ class Reader:
         elif dim is None:
             self._range(kind, start, end, "", "''", "''", out)
         elif dim in kind.dims:
-            self._range(kind, start, end, dim, "key", kind.dims[dim], out)
+            self._range(kind, start, end, dim, "key", kind.dim_sql(dim), out)
         else:    # an imported attribute column: from the events
             path = '$."' + dim.replace('"', '\\"') + '"'
             self._raw(kind, start, end, "COALESCE(json_extract(attrs, ?), '')", out, [path])
