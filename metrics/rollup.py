@@ -254,15 +254,15 @@ class NewRowCounter:
         info = conn.execute(f"PRAGMA table_info({k.table})").fetchall()
         self._decl = {name: (decl, bool(notnull or pk)) for _, name, decl, notnull, _, pk in info}
 
-    def add(self, rows: list[tuple]) -> bool:
-        """Count a batch of rows that were all just inserted (as built: "" for NULL)."""
+    def add(self, cols: Sequence[Sequence]) -> bool:
+        """Count a batch of rows that were all just inserted, given as its columns (values
+        as built for the insert: "" for NULL)."""
         if not self.live:
             return False
-        if not rows:
+        if not cols or not len(cols[0]):
             return True
         np = self.np
-        n = len(rows)
-        cols = _Columns(rows)
+        n = len(cols[0])
         idx = self._cols
         cid = np.array(cols[idx["campaign_id"]])
         t = np.array(cols[idx[self.kind.time]])
@@ -419,20 +419,6 @@ class NewRowCounter:
                     if (cid, slot) not in skip]
             rows.sort(key=itemgetter(0, 2, 3))
             yield rows
-
-
-class _Columns(dict):
-    """A batch's columns by index, each taken out of the rows when first asked for."""
-
-    __slots__ = ("rows",)
-
-    def __init__(self, rows: list[tuple]):
-        super().__init__()
-        self.rows = rows
-
-    def __missing__(self, i: int) -> list:
-        col = self[i] = list(map(itemgetter(i), self.rows))
-        return col
 
 
 class _Codes(dict):

@@ -139,6 +139,21 @@ def test_a_one_megabyte_field(store, write):
     assert (r.rows_new, r.rows_rejected) == (1, 1)
 
 
+def test_oversized_values_deep_in_a_file_are_each_named(store, write):
+    """The reader hands lines to the CSV parser a block at a time and measures values only
+    near a long line or in a record over several lines: an oversized value anywhere, on
+    one line or spread over many, is still caught, and the rows around it land."""
+    lines = [f"spring-sale,SM{i},2026-03-01T09:{i % 60:02d}:00Z,+14155550133,delivered,outbound,0"
+             for i in range(6000)]
+    lines[3000] = lines[3000][:-1] + '"' + "y" * 70_000 + '"'
+    lines[4500] = lines[4500][:-1] + '"' + "z\n" * 40_000 + '"'
+    p = write("deep.csv", csv(*lines))
+    r = import_file(store, p, skip_bad_rows=True)
+    assert [(e.line, e.column) for e in r.errors] == [(3002, "clicked"), (4502, "clicked")]
+    assert "value is 80,000 characters long" in r.errors[1].reason
+    assert (r.rows_new, r.rows_rejected) == (5998, 2)
+
+
 def test_wrong_number_of_fields(store, write):
     msg = rejected(store, write("w.csv", csv(GOOD[0], "spring-sale,SM2,2026-03-01T09:01:00Z")))
     assert "line 3: has 3 fields but the header has 7" in msg

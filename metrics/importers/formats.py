@@ -148,7 +148,7 @@ class Plan:
 
     format: str
     kind: str
-    build: Callable[[list[str]], tuple]
+    build: Callable[[list[list[str]]], list[list]]   # a batch's rows -> its columns
     columns_used: dict[str, str]               # canonical field -> source label
     extras: list[str]
     ignored: list[str]
@@ -426,7 +426,7 @@ def _message_builder(fmt, ctx: Context, cols: _Fields, extras):
     m_flag, m_text, m_cost, m_money = common.m_flag, common.m_text, common.m_cost, common.m_money
     import_id = ctx.import_id
 
-    def build(rows: Sequence[Sequence[str]]) -> list[tuple]:
+    def build(rows: Sequence[Sequence[str]]) -> list[list]:
         n, C, direction, names, cells = common.read_parties(rows)
         try:
             col = "sent_at"
@@ -451,11 +451,11 @@ def _message_builder(fmt, ctx: Context, cols: _Fields, extras):
         else:
             keyword = [NULL] * n
         clicked, converted, opted_out, replied, spam = flags
-        return list(zip(keys, cids, sent_at, direction, status, m_text.column(r_err(C, n)),
-                        map(itemgetter(0), cells), map(itemgetter(1), cells), segments, cost,
-                        m_text.column(r_cur(C, n)), clicked, converted, revenue, opted_out,
-                        replied, spam, keyword, m_text.column(r_segment(C, n)),
-                        m_text.column(r_variant(C, n)), attrs, repeat(import_id)))
+        return [keys, cids, sent_at, direction, status, m_text.column(r_err(C, n)),
+                list(map(itemgetter(0), cells)), list(map(itemgetter(1), cells)), segments,
+                cost, m_text.column(r_cur(C, n)), clicked, converted, revenue, opted_out,
+                replied, spam, keyword, m_text.column(r_segment(C, n)),
+                m_text.column(r_variant(C, n)), attrs, [import_id] * n]
 
     return build
 
@@ -477,7 +477,7 @@ def _call_builder(fmt, ctx: Context, cols: _Fields, extras):
     m_flag, m_text, m_cost, m_money = common.m_flag, common.m_text, common.m_cost, common.m_money
     import_id = ctx.import_id
 
-    def build(rows: Sequence[Sequence[str]]) -> list[tuple]:
+    def build(rows: Sequence[Sequence[str]]) -> list[list]:
         n, C, direction, names, cells = common.read_parties(rows)
         try:
             col = "started_at"
@@ -499,12 +499,12 @@ def _call_builder(fmt, ctx: Context, cols: _Fields, extras):
         except (V.BadValue, ValueError, BadPhoneNumber) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
         cids, keys, attrs = common.finish(rows, C, n, names, cells)
-        return list(zip(keys, cids, started_at, direction, status, answered_by, duration,
-                        m_text.column(r_disp(C, n)), abandoned, converted, revenue, cost,
-                        m_text.column(r_cur(C, n)), m_text.column(r_agent(C, n)),
-                        map(itemgetter(0), cells), map(itemgetter(1), cells),
-                        m_text.column(r_segment(C, n)), m_text.column(r_variant(C, n)), attrs,
-                        repeat(import_id)))
+        return [keys, cids, started_at, direction, status, answered_by, duration,
+                m_text.column(r_disp(C, n)), abandoned, converted, revenue, cost,
+                m_text.column(r_cur(C, n)), m_text.column(r_agent(C, n)),
+                list(map(itemgetter(0), cells)), list(map(itemgetter(1), cells)),
+                m_text.column(r_segment(C, n)), m_text.column(r_variant(C, n)), attrs,
+                [import_id] * n]
 
     return build
 
@@ -563,10 +563,11 @@ def _daily_builder(fmt, ctx: Context, cols: _Fields, extras):
             counts["list_size"], counts["calls_dialed"], counts["calls_answered"],
             counts["calls_abandoned"], talk, import_id))
 
-    def build(rows: Sequence[Sequence[str]]) -> list[tuple]:
+    def build(rows: Sequence[Sequence[str]]) -> list[list]:
         # a few rows per campaign and day: row by row (campaign_id is idempotent, so a
         # batch retried after a bad row creates nothing twice)
-        return [build_row(r) for r in rows]
+        built = [build_row(r) for r in rows]
+        return [list(col) for col in zip(*built)] if built else []
 
     return build
 

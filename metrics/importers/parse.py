@@ -8,7 +8,7 @@ the write lock for the whole import, so the next id cannot be taken by anyone el
 
 Messages, in order:
     ("campaign", id, name, channel, new)     before any rows that use it
-    ("rows", [row, ...], [RowError, ...], bytes_read)
+    ("rows", [column, ...], [RowError, ...], bytes_read)   columns of table values
     ("done", rows_in, total_errors, attributes, invalid_phones, touched_names, ignored)
 """
 from __future__ import annotations
@@ -19,7 +19,7 @@ import pickle
 import sys
 import traceback
 from dataclasses import dataclass, field
-from operator import itemgetter
+from itertools import chain
 from typing import Iterator
 
 from ..errors import ImportRejected, KpiBotError, RowError
@@ -106,10 +106,6 @@ def parse(job: ParseJob) -> Iterator[tuple]:
     except ValueError as exc:
         raise ImportRejected(str(exc), file=src.name) from None
     build = plan.build
-    # Each batch goes in sorted by its unique key (stable, so a later copy of a row still
-    # wins): neighbouring keys share index pages, which roughly halves the cost of the
-    # inserts once the key index outgrows SQLite's page cache.
-    key = itemgetter(0) if fmt.kind != "daily" else itemgetter(0, 1, 2)
     pending: list[tuple[int, object]] = []     # (line, fields or RowError)
     rows_in = total_errors = reported = 0
     writing = True
@@ -132,7 +128,7 @@ def parse(job: ParseJob) -> Iterator[tuple]:
                     break
             else:
                 done = True
-            rows, errors = _build_batch(build, pending)
+            columns, errors = _build_batch(build, pending)
             pending = []
             if errors:
                 total_errors += len(errors)
@@ -142,10 +138,9 @@ def parse(job: ParseJob) -> Iterator[tuple]:
                 if not job.skip_bad_rows:
                     writing = False
             if not writing:
-                rows = []
-            rows.sort(key=key)
+                columns = []
             yield from campaigns.flush()
-            yield ("rows", rows, errors, src.size if done else src.bytes_read())
+            yield ("rows", columns, errors, src.size if done else src.bytes_read())
             batches += 1
             if batches % GC_EVERY == 0:
                 gc.collect()
@@ -157,32 +152,36 @@ def parse(job: ParseJob) -> Iterator[tuple]:
            sorted(set(campaigns.touched.values()), key=name_key), plan.ignored)
 
 
-def _build_batch(build, items: list[tuple[int, object]]) -> tuple[list[tuple], list[RowError]]:
+def _build_batch(build, items: list[tuple[int, object]]) -> tuple[list, list[RowError]]:
     """Build a batch's rows column by column; when a value is bad, halve the batch until
     the bad rows stand alone (a one-row batch names the row's first bad column), so a
-    clean batch costs one pass and a bad one a few more."""
+    clean batch costs one pass and a bad one a few more. Returns the columns of the good
+    rows ([] when there are none) and the errors."""
     errors = [f for _, f in items if isinstance(f, RowError)]
     good = [(line, f) for line, f in items if not isinstance(f, RowError)] if errors else items
-    rows: list[tuple] = []
-    _build_part(build, good, rows, errors)
+    parts: list[list] = []
+    _build_part(build, good, parts, errors)
     if errors:
         errors.sort(key=lambda e: e.line)
-    return rows, errors
+    parts = [p for p in parts if p and len(p[0])]
+    if len(parts) <= 1:
+        return (parts[0] if parts else []), errors
+    return [list(chain.from_iterable(col)) for col in zip(*parts)], errors
 
 
-def _build_part(build, part: list[tuple[int, object]], rows: list[tuple],
+def _build_part(build, part: list[tuple[int, object]], parts: list[list],
                 errors: list[RowError]) -> None:
     if not part:
         return
     try:
-        rows.extend(build([f for _, f in part]))
+        parts.append(build([f for _, f in part]))
     except RowProblem as exc:
         if len(part) == 1:
             errors.append(RowError(part[0][0], exc.column, exc.reason))
             return
         mid = len(part) // 2
-        _build_part(build, part[:mid], rows, errors)
-        _build_part(build, part[mid:], rows, errors)
+        _build_part(build, part[:mid], parts, errors)
+        _build_part(build, part[mid:], parts, errors)
 
 
 def child_main() -> None:

@@ -191,7 +191,11 @@ def import_file(
             rebuild = _suspend_indexes(conn, table, src.estimated_rows(), max_before)
             errors = result.errors
             campaign_ids = {cid for cid, _ in job.campaigns.values()}
-            campaign_of = itemgetter(0 if fmt.kind == "daily" else 1)
+            campaign_col = 0 if fmt.kind == "daily" else 1
+            # Each batch goes in sorted by its unique key (stable, so a later copy of a row
+            # still wins): neighbouring keys share index pages, which roughly halves the
+            # cost of the inserts once the key index outgrows SQLite's page cache.
+            sort_key = itemgetter(0) if fmt.kind != "daily" else itemgetter(0, 1, 2)
             insert, upsert = _insert_sql(conn, fmt.kind)
             present = False    # met a row that was already stored
             # New rows are counted for the rollups batch by batch while the parser works;
@@ -203,9 +207,11 @@ def import_file(
             for message in (_in_child(job) if parallel else parse(job)):
                 kind = message[0]
                 if kind == "rows":
-                    _, rows, row_errors, done_bytes = message
-                    if rows:
-                        _check_references(rows, campaign_of, campaign_ids, import_id)
+                    _, columns, row_errors, done_bytes = message
+                    if columns:
+                        _check_references(columns, campaign_col, campaign_ids, import_id)
+                        rows = list(zip(*columns))
+                        rows.sort(key=sort_key)
                         if counting:
                             before = conn.execute(last_rowid).fetchone()[0]
                         # New rows (the usual case) go in with a plain insert; once a
@@ -213,7 +219,7 @@ def import_file(
                         if present or conn.executemany(insert, rows).rowcount != len(rows):
                             present = True
                             conn.executemany(upsert, rows)
-                        if counting and (present or not counted.add(rows)):
+                        if counting and (present or not counted.add(columns)):
                             counting, counted_upto = False, before
                     errors.extend(row_errors)
                     if progress:
@@ -312,12 +318,12 @@ def _in_child(job: ParseJob) -> Iterator[tuple]:
         proc.stdout.close()
 
 
-def _check_references(rows: list[tuple], campaign_of: Callable, campaign_ids: set[int],
+def _check_references(columns: list, campaign_col: int, campaign_ids: set[int],
                       import_id: int) -> None:
     """What the foreign keys would check, for a whole batch: every row's campaign exists
     and every row belongs to this import."""
-    unknown = set(map(campaign_of, rows)) - campaign_ids
-    if unknown or {row[-1] for row in rows} != {import_id}:
+    unknown = set(columns[campaign_col]) - campaign_ids
+    if unknown or set(columns[-1]) != {import_id}:
         raise KpiBotError(f"internal error: rows refer to campaigns {sorted(unknown)} or "
                           "another import; nothing was imported")
 

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import re
+from itertools import chain
 from pathlib import Path
 from typing import Iterator
 
@@ -14,6 +15,7 @@ from ..errors import ImportRejected, RowError
 
 MAX_FIELD = 65_536          # characters; larger values are rejected row by row
 _CHUNK = 1 << 20
+_BLOCK = 1 << 18              # characters of lines handed to the CSV reader at once
 csv.field_size_limit(1 << 30)
 
 
@@ -134,16 +136,16 @@ class CsvSource:
         width = len(self.header)
         long_line = False
 
-        def lines(f):   # notes a physical line long enough to hold an oversized value
+        def blocks(f):   # lines a block at a time, noting a block with a very long line
             nonlocal long_line
-            for text in f:
-                if len(text) > MAX_FIELD:
-                    long_line = True
-                yield text
+            while block := f.readlines(_BLOCK):
+                long_line = max(map(len, block)) > MAX_FIELD
+                yield block
 
         with self._open() as f:
             self._fh = f
-            reader = csv.reader(lines(f), delimiter=self.delimiter, strict=False)
+            reader = csv.reader(chain.from_iterable(blocks(f)), delimiter=self.delimiter,
+                                strict=False)
             next(reader)
             last = reader.line_num
             try:
@@ -157,12 +159,11 @@ class CsvSource:
                         if n > width and not any(x.strip() for x in fields[width:]):
                             fields = fields[:width]
                         else:
-                            long_line = False
                             yield line, RowError(line, None, f"has {n} fields but the header has "
                                                              f"{width}")  # type: ignore[misc]
                             continue
-                    if long_line or last != line:   # a long line, or a record over several:
-                        long_line = False              # only then measure every value
+                    if long_line or last != line:   # a long line near, or a record over
+                        # several lines: only then measure every value
                         if max(map(len, fields)) > MAX_FIELD:
                             big = next(i for i, x in enumerate(fields) if len(x) > MAX_FIELD)
                             yield line, RowError(line, self.header[big],
