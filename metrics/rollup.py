@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from itertools import chain
-from operator import itemgetter
 from typing import Iterator, Sequence
 
 SLOT = 900   # seconds
@@ -164,7 +162,7 @@ class Rollup:
                 f"({', '.join('?' * (4 + len(k.counters)))}) "
                 "ON CONFLICT (campaign_id, dim, slot, key) DO UPDATE SET "
                 + ", ".join(f"{c} = {c} + excluded.{c}" for c in k.counters),
-                chain.from_iterable(self._counted.rows(skip=set(dirty))))
+                self._counted.rows(skip=set(dirty)))
             self._counted = None
         if dirty:
             conn.execute("DROP TABLE IF EXISTS temp.rollup_redo")
@@ -378,47 +376,54 @@ class NewRowCounter:
         return out if all((None if v is None else type(v)) in ok for row in out for v in row) \
             else None
 
-    def rows(self, skip: set[tuple[int, int]] | frozenset = frozenset()) -> Iterator[list]:
-        """The rollup rows counted, ``(campaign_id, dim, slot, key, *counters)``, a list
-        per dimension in primary key order, leaving out the (campaign, slot) pairs in
-        ``skip``."""
+    def rows(self, skip: set[tuple[int, int]] | frozenset = frozenset(),
+             chunk: int = 10_000) -> Iterator[tuple]:
+        """The rollup rows counted, ``(campaign_id, dim, slot, key, *counters)``, a dimension
+        at a time in primary key order, leaving out the (campaign, slot) pairs in ``skip``. Made ``chunk`` rows
+        at a time, and each dimension's counts are let go once its rows are out, so the
+        memory held only shrinks from here."""
         np = self.np
         cs_of = np.fromiter(self._cs, np.int64, len(self._cs))   # code -> packed pair
+        cid_of = cs_of >> 31
+        slot_of = ((cs_of & ((1 << 31) - 1)) - (1 << 30)) * SLOT
         vb = self._VALUE_BITS
         vmask = (1 << vb) - 1
-        for d in range(len(self._dims) + 1):
+        # the campaign totals ('' sorts first) come from a dimension's counts: that one last
+        order = [len(self._dims)] + [d for d in range(len(self._dims)) if d != self._total_from] \
+            + [self._total_from]
+        for d in order:
             total = d == len(self._dims)
             src = self._total_from if total else d
             self._reduce(src)
             if self._counted[src][0] is None:
                 continue
             (prefixes, derived), (sum_keys, sums) = self._counted[src]
+            if not total:
+                self._counted[src] = [None, None]
             assert np.array_equal(prefixes, sum_keys)
             values = np.empty((len(self._derived_at) + len(self._summed_at), len(prefixes)),
                               np.int64)
             values[self._derived_at] = derived
             values[self._summed_at] = sums
-            # values SQLite stores alike ('' and NULL, say) share a key; the campaign total
-            # has one key
-            names: dict[str, int] = {"": 0}
-            if not total:
-                names = {}
-                for k in self._keys[src]:
-                    names.setdefault(k, len(names))
-            canon = np.array([0 if total else names[k] for k in self._keys[src]], np.int64)
+            del derived, sums, sum_keys
+            # values SQLite stores alike ('' and NULL, say) share a key, numbered in key
+            # order; the campaign total has one key
+            names = [""] if total else sorted(set(self._keys[src]))
+            rank = {k: i for i, k in enumerate(names)}
+            canon = np.array([0 if total else rank[k] for k in self._keys[src]], np.int64)
             prefixes = ((prefixes >> vb) << vb) | canon[prefixes & vmask]
-            order = prefixes.argsort()
-            prefixes, values = _runs(np, prefixes[order], values[:, order])
-            cs = cs_of[prefixes >> vb]
-            cids = (cs >> 31).tolist()
-            slots = (((cs & ((1 << 31) - 1)) - (1 << 30)) * SLOT).tolist()
-            key_of = list(names)
+            at = prefixes.argsort()
+            prefixes, values = _runs(np, prefixes[at], values[:, at])
+            codes = prefixes >> vb
+            cids, slots, keys = cid_of[codes], slot_of[codes], prefixes & vmask
+            at = np.lexsort((keys, slots, cids))   # primary key order
             dim = "" if total else self._dims[d][0]
-            rows = [(cid, dim, slot, key_of[j], *vals) for cid, slot, j, vals in
-                    zip(cids, slots, (prefixes & vmask).tolist(), values.T.tolist())
-                    if (cid, slot) not in skip]
-            rows.sort(key=itemgetter(0, 2, 3))
-            yield rows
+            for i in range(0, len(at), chunk):
+                part = at[i:i + chunk]
+                for cid, slot, j, vals in zip(cids[part].tolist(), slots[part].tolist(),
+                                              keys[part].tolist(), values[:, part].T.tolist()):
+                    if (cid, slot) not in skip:
+                        yield (cid, dim, slot, names[j], *vals)
 
 
 class _Codes(dict):
