@@ -211,7 +211,7 @@ class NewRowCounter:
     integers, say); the caller then counts that batch and the rest in SQL
     (:meth:`Rollup.add_new_rows`). The memory held grows with the rollup, not the events."""
 
-    REDUCE_AT = 1 << 16    # pending entries per dimension between reductions
+    REDUCE_AT = 1 << 15    # pending entries per dimension between reductions
     MAX_VALUES = 50_000    # distinct values of one dimension (a segment per recipient?)
     MAX_PROFILES = 10_000  # past these, SQL counts the rest: memory stays small
     # a row's key packs its (campaign, slot) code, dimension value code and profile code
