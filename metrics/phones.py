@@ -32,10 +32,6 @@ class Phone(NamedTuple):
     valid: bool        # a valid number for that country
 
 
-# Calling codes by their digits, for splitting "+<cc><national>" without int() per try.
-_CALLING_CODES = {str(cc): cc for cc in COUNTRY_CODE_TO_REGION_CODE}
-
-
 class PhoneHasher:
     """Turns raw numbers into :class:`Phone`; caches are bounded so memory stays flat."""
 
@@ -63,7 +59,7 @@ class PhoneHasher:
             return hit
         if not raw.strip():
             return None
-        phone = self._parse(raw)
+        phone = Phone(*self._parse(raw))
         if len(self._raw_cache) >= _CACHE_LIMIT:
             self._raw_cache.clear()
         self._raw_cache[raw] = phone
@@ -79,7 +75,8 @@ class PhoneHasher:
         caller's (a batch may be retried)."""
         return list(map(self._cells.__getitem__, raws))
 
-    def _parse(self, raw: str) -> Phone:
+    def _parse(self, raw: str) -> tuple[bytes, str | None, bool]:
+        """``raw`` (not blank) as the fields of a :class:`Phone`."""
         digits = raw[1:]
         if raw[:1] == "+" and digits.isdigit():    # already clean E.164: the common case
             s = raw
@@ -88,15 +85,15 @@ class PhoneHasher:
             if s.startswith("00"):
                 s = "+" + s[2:]
             digits = s[1:]
-        if s[:1] == "+" and digits.isdigit() and 8 <= len(s) <= 16 and digits.isascii():
-            codes = _CALLING_CODES
-            cc = codes.get(digits[:1]) or codes.get(digits[:2]) or codes.get(digits[:3])
-            if cc is None:
+        if s[:1] == "+" and 7 <= len(digits) <= 15 and digits.isdigit() and digits.isascii():
+            code = _CODES[digits[:1]] or _CODES[digits[:2]] or _CODES[digits[:3]]
+            if code is None:
                 raise BadPhoneNumber(f"no country has calling code +{digits[:3]}")
-            national = digits[len(str(cc)):]
-            if not _may_strip_prefix(cc, national):
-                region, valid = region_and_validity(cc, national)
-                return Phone(self.hash_e164(s), region, valid)
+            national = digits[code.width:]
+            if not code.may_strip(national):
+                h = self._keyed.copy()
+                h.update(s.encode())
+                return (h.digest(), *code.region_and_validity(national))
         try:
             number = phonenumbers.parse(s, self.default_region)
         except NumberParseException as exc:
@@ -104,7 +101,7 @@ class PhoneHasher:
         e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
         valid = phonenumbers.is_valid_number(number)
         region = phonenumbers.region_code_for_number(number) if valid else None
-        return Phone(self.hash_e164(e164), _fallback_region(number.country_code, region), valid)
+        return self.hash_e164(e164), _fallback_region(number.country_code, region), valid
 
 
 class _Cells(dict):
@@ -120,31 +117,65 @@ class _Cells(dict):
         if not raw.strip():
             cell = ("", "", True)
         else:
-            p = self.hasher._parse(raw)
-            cell = (bytearray(p.hash), p.country or "", p.valid)
+            digest, country, valid = self.hasher._parse(raw)
+            cell = (bytearray(digest), country or "", valid)
         if len(self) >= _CACHE_LIMIT:
             self.clear()
         self[raw] = cell
         return cell
 
 
-_NATIONAL_PREFIX: dict[int, re.Pattern | None] = {}
+class _CallingCode:
+    """What the fast path needs of one calling code, worked out once: its national prefix
+    rule and its regions' validity rules."""
 
+    __slots__ = ("cc", "width", "_prefix", "_literal", "_main")
 
-def _may_strip_prefix(cc: int, national: str) -> bool:
-    """Whether libphonenumber's parse could read ``national`` differently: a leading zero
-    (kept in Italy), or a national prefix it would strip (``+1 1 415...``). Such numbers
-    take the full parse, so the fast path only ever answers where it is exact."""
-    if national[:1] == "0":
-        return True
-    try:
-        pattern = _NATIONAL_PREFIX[cc]
-    except KeyError:
+    def __init__(self, cc: int):
+        self.cc, self.width = cc, len(str(cc))
         meta = PhoneMetadata.metadata_for_region_or_calling_code(
             cc, phonenumbers.region_code_for_country_code(cc))
         npp = meta.national_prefix_for_parsing if meta is not None else None
-        pattern = _NATIONAL_PREFIX[cc] = re.compile(npp) if npp else None
-    return pattern is not None and pattern.match(national) is not None
+        # a national prefix that is plain digits is tested with startswith (same answer)
+        self._literal = npp if npp and npp.isdigit() else None
+        self._prefix = re.compile(npp) if npp and self._literal is None else None
+        regions = COUNTRY_CODE_TO_REGION_CODE.get(cc, ())
+        rules = _rules(regions[0], cc) if len(regions) == 1 else None
+        # one region with rules: (its rules, the country if valid, the country if not)
+        self._main = None if rules is None else (
+            rules, _fallback_region(cc, regions[0]), _fallback_region(cc, None))
+
+    def may_strip(self, national: str) -> bool:
+        """Whether libphonenumber's parse could read ``national`` differently: a leading
+        zero (kept in Italy), or a national prefix it would strip (``+1 1 415...``). Such
+        numbers take the full parse, so the fast path only ever answers where it is exact."""
+        if national[:1] == "0":
+            return True
+        if self._literal is not None:
+            return national.startswith(self._literal)
+        return self._prefix is not None and self._prefix.match(national) is not None
+
+    def region_and_validity(self, national: str) -> tuple[str | None, bool]:
+        """What ``region_code_for_number`` and ``is_valid_number`` answer for +cc national,
+        with the same metadata and order of checks."""
+        main = self._main
+        if main is None:
+            return region_and_validity(self.cc, national)
+        if main[0].valid(national):
+            return main[1], True
+        return main[2], False
+
+
+class _Codes(dict):
+    """A calling code's digits -> its :class:`_CallingCode` (None: no such code)."""
+
+    def __missing__(self, digits: str) -> _CallingCode | None:
+        cc = int(digits) if digits[:1] != "0" else -1
+        code = self[digits] = _CallingCode(cc) if cc in COUNTRY_CODE_TO_REGION_CODE else None
+        return code
+
+
+_CODES = _Codes()
 
 
 def _fallback_region(cc: int, region: str | None) -> str | None:
@@ -173,17 +204,21 @@ class _RegionRules:
         self._by_length: dict[int, re.Pattern | None] = {}
 
     def valid(self, national: str) -> bool:
-        n = len(national)
-        if self.general is None or (self.general_lengths and n not in self.general_lengths):
-            return False
-        if not self.general.fullmatch(national):
-            return False
-        pat = self._by_length.get(n, False)
+        pat = self._by_length.get(len(national), False)
         if pat is False:
-            alts = [p for lengths, p in self.types if not lengths or n in lengths]
-            pat = re.compile("|".join(f"(?:{p})" for p in alts)) if alts else None
-            self._by_length[n] = pat
+            pat = self._by_length[len(national)] = self._for_length(len(national))
         return pat is not None and pat.fullmatch(national) is not None
+
+    def _for_length(self, n: int) -> re.Pattern | None:
+        """One pattern for numbers of length ``n``: the general pattern (as a lookahead)
+        and any of the type patterns that allow that length; None: none can be valid."""
+        if self.general is None or (self.general_lengths and n not in self.general_lengths):
+            return None
+        alts = [p for lengths, p in self.types if not lengths or n in lengths]
+        if not alts:
+            return None
+        return re.compile(f"(?=(?:{self.general.pattern})\\Z)(?:"
+                          + "|".join(f"(?:{p})" for p in alts) + ")")
 
 
 _RULES: dict[str, _RegionRules | None] = {}

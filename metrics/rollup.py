@@ -156,13 +156,7 @@ class Rollup:
             conn.execute(f"DROP TABLE temp.{self.delta}")
             self._started = False
         if self._counted is not None:
-            cols = ", ".join(k.counters)
-            conn.executemany(
-                f"INSERT INTO {k.rollup} (campaign_id, dim, slot, key, {cols}) VALUES "
-                f"({', '.join('?' * (4 + len(k.counters)))}) "
-                "ON CONFLICT (campaign_id, dim, slot, key) DO UPDATE SET "
-                + ", ".join(f"{c} = {c} + excluded.{c}" for c in k.counters),
-                self._counted.rows(skip=set(dirty)))
+            self._counted.write(skip=set(dirty))
             self._counted = None
         if dirty:
             conn.execute("DROP TABLE IF EXISTS temp.rollup_redo")
@@ -214,6 +208,7 @@ class NewRowCounter:
     REDUCE_AT = 1 << 15    # pending entries per dimension between reductions
     MAX_VALUES = 50_000    # distinct values of one dimension (a segment per recipient?)
     MAX_PROFILES = 10_000  # past these, SQL counts the rest: memory stays small
+    WRITE_AT = 16 << 20    # bytes of counts held before they are written out (see write)
     # a row's key packs its (campaign, slot) code, dimension value code and profile code
     _CS_BITS, _VALUE_BITS, _PROFILE_BITS = 24, 20, 18
     _MAX_SUMMED = 1 << 39  # |value| of a summed column: a batch's sums stay exact in int64
@@ -249,6 +244,7 @@ class NewRowCounter:
         self._pending_len = [0] * len(self._dims)
         self._counted: list = [[None, None] for _ in self._dims]
         self.rows_counted = 0
+        self.writes = 0
         info = conn.execute(f"PRAGMA table_info({k.table})").fetchall()
         self._decl = {name: (decl, bool(notnull or pk)) for _, name, decl, notnull, _, pk in info}
 
@@ -319,7 +315,7 @@ class NewRowCounter:
         pb = self._PROFILE_BITS
         keys = np.concatenate([k for k, _, _, _ in pending])
         counts = np.concatenate([c for _, c, _, _ in pending])
-        order = keys.argsort()
+        order = keys.argsort(kind="stable")   # sorted runs, merged
         keys, counts = _runs(np, keys[order], counts[order])
         derived = self._PT[:, keys & ((1 << pb) - 1)] * counts
         sums = np.concatenate([s for _, _, _, s in pending], axis=1)
@@ -375,6 +371,29 @@ class NewRowCounter:
         ok = {None if t is None else t for t in want}
         return out if all((None if v is None else type(v)) in ok for row in out for v in row) \
             else None
+
+    def held_bytes(self) -> int:
+        """The memory the counts take (their arrays: the codes are bounded above)."""
+        arrays = [a for d in range(len(self._dims)) for part in self._pending[d] for a in part]
+        arrays += [a for state in self._counted if state[0] is not None
+                   for pair in state for a in pair]
+        return sum(a.nbytes for a in arrays)
+
+    def write(self, skip: set[tuple[int, int]] | frozenset = frozenset()) -> None:
+        """Add the rows counted so far to the rollup table and start again from nothing.
+        Done at the end, and whenever the counts outgrow :attr:`WRITE_AT`, so that the
+        memory held stays flat however long the file: counts are added to what the table
+        holds, and a slot found dirty later is recomputed whole, so writing early changes
+        no result."""
+        k = self.kind
+        cols = ", ".join(k.counters)
+        self.conn.executemany(
+            f"INSERT INTO {k.rollup} (campaign_id, dim, slot, key, {cols}) VALUES "
+            f"({', '.join('?' * (4 + len(k.counters)))}) "
+            "ON CONFLICT (campaign_id, dim, slot, key) DO UPDATE SET "
+            + ", ".join(f"{c} = {c} + excluded.{c}" for c in k.counters),
+            self.rows(skip=skip))
+        self.writes += 1
 
     def rows(self, skip: set[tuple[int, int]] | frozenset = frozenset(),
              chunk: int = 10_000) -> Iterator[tuple]:
@@ -442,7 +461,7 @@ def _merge(np, state, keys, values):
     if state is not None and state[0] is not None:
         keys = np.concatenate([state[0], keys])
         values = np.concatenate([state[1], values], axis=1)
-    order = keys.argsort()
+    order = keys.argsort(kind="stable")   # two sorted runs: timsort merges them
     return _runs(np, keys[order], values[:, order])
 
 

@@ -280,15 +280,26 @@ def _varied_sms(n: int, seed: int) -> str:
 
 
 @pytest.mark.parametrize("parallel", [False, True])
-@pytest.mark.parametrize("give_up_after", [None, 2])
+@pytest.mark.parametrize("mode", ["counted", "written early", "gives up"])
 def test_rollups_counted_while_importing_equal_a_recount(store, write, monkeypatch, parallel,
-                                                         give_up_after):
+                                                         mode):
     """The importer counts new rows for the rollups in numpy, batch by batch (folding them
-    together every few hundred entries here), and hands over to SQL when a batch meets
-    stored rows or cannot be counted: whichever way, the rollup and the reach tables equal
-    a recount from the events, after a first import, an overlapping second one and a
-    re-import."""
+    together every few hundred entries here; writing them out after every batch, as it
+    does when they outgrow their memory, in "written early"), and hands over to SQL when
+    a batch meets stored rows or cannot be counted: whichever way, the rollup and the
+    reach tables equal a recount from the events, after a first import, an overlapping
+    second one and a re-import."""
     monkeypatch.setattr(rollup.NewRowCounter, "REDUCE_AT", 300)
+    writes = []
+    if mode == "written early":
+        monkeypatch.setattr(rollup.NewRowCounter, "WRITE_AT", 1)
+        write_counts = rollup.NewRowCounter.write
+
+        def counting_writes(self, *a, **k):
+            writes.append(self.rows_counted)
+            write_counts(self, *a, **k)
+        monkeypatch.setattr(rollup.NewRowCounter, "write", counting_writes)
+    give_up_after = 2 if mode == "gives up" else None
     counted = []
     if give_up_after is not None:    # as if a later batch held a value it cannot count
         add = rollup.NewRowCounter.add
@@ -314,6 +325,9 @@ def test_rollups_counted_while_importing_equal_a_recount(store, write, monkeypat
     import_file(store, write("a.csv", first), parallel=parallel)
     if give_up_after is not None:
         assert len(counted) == give_up_after + 1   # and no more
+    if mode == "written early":   # after each batch counted (1000, 3000, 7000 rows: the
+        # last batch holds a repeated row, so SQL counts it), then at the end (nothing)
+        assert writes == [1000, 3000, 7000, 7000]
     check()
     second = _varied_sms(3000, seed=2).replace(",m", ",n")  # new ids, same recipients
     import_file(store, write("b.csv", second + "\n".join(first.splitlines()[1:2000]) + "\n"),

@@ -127,3 +127,18 @@ def test_the_hash_is_keyed_blake2b_of_the_e164_form():
     key = hashlib.blake2b(b"test key", digest_size=32).digest()
     want = hashlib.blake2b(b"+14155550132", key=key, digest_size=16).digest()
     assert PhoneHasher(b"test key")("(415) 555-0132").hash == want
+
+
+def test_the_cell_cache_stays_bounded_and_right(monkeypatch):
+    """Past its limit the cache starts again; answers never change."""
+    from metrics import phones
+    monkeypatch.setattr(phones, "_CACHE_LIMIT", 4)
+    numbers = [f"+1415555{i:04d}" for i in range(10)] * 3
+    fresh = PhoneHasher(b"k")
+    want = [(bytearray(p.hash), p.country or "", p.valid) for p in map(fresh, numbers)]
+    h = PhoneHasher(b"k")
+    got = []
+    for n in numbers:
+        got += h.cells([n])
+        assert len(h._cells) <= 4
+    assert got == want

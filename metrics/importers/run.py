@@ -21,7 +21,7 @@ from .parse import ParseJob, parse
 from .source import CsvSource
 
 REPLY_WINDOW_S = 7 * 86400
-IMPORT_CACHE_KIB = 64 * 1024
+IMPORT_CACHE_KIB = 48 * 1024  # holds a million-row import's key index: the writer's biggest piece
 # SQLite sorts (index builds, the reach tables) in runs of about the page cache's size:
 # small runs, sorted by helper threads and merged, beat one big sort in memory by half.
 SORT_CACHE_KIB = 2 * 1024
@@ -221,6 +221,8 @@ def import_file(
                             conn.executemany(upsert, rows)
                         if counting and (present or not counted.add(columns)):
                             counting, counted_upto = False, before
+                        if counting and counted.held_bytes() > counted.WRITE_AT:
+                            counted.write()
                     errors.extend(row_errors)
                     if progress:
                         progress(done_bytes, src.size)
