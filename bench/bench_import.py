@@ -9,7 +9,8 @@ bench/out/), imports it with ``sqlite3 DB ".import --csv FILE t"`` into an empty
 database, each in a fresh subprocess so peak memory is per run: "peak MB" is the
 importing process's VmHWM, "parser MB" that of the parser process it starts for large
 files (sampled every 20 ms from /proc while it runs). Each timing
-is the median of --repeat runs. A final row re-imports the largest file into its own
+is the median of --repeat runs; the two imports take turns, and "ratio" is the median of
+the ratios of each turn's pair (the machine's speed drifts: a pair shares it). A final row re-imports the largest file into its own
 database to time the idempotent path (every row already present).
 """
 from __future__ import annotations
@@ -131,14 +132,18 @@ def main() -> None:
         last = None
         for n in args.sizes:
             path = generate(n)
-            floor = statistics.median(sqlite_import(sqlite, path, work) for _ in range(args.repeat))
-            runs = [kpibot_import(path, work) for _ in range(args.repeat)]
+            floors, runs = [], []
+            for _ in range(args.repeat):   # in turns, so that both see the same machine
+                floors.append(sqlite_import(sqlite, path, work))
+                runs.append(kpibot_import(path, work))
             assert all(r["rows_new"] == n for r in runs), runs
+            floor = statistics.median(floors)
             ours = statistics.median(r["seconds"] for r in runs)
+            ratio = statistics.median(r["seconds"] / f for r, f in zip(runs, floors))
             peak = max(r["maxrss_mb"] for r in runs)
             parser = max(r["parser_maxrss_mb"] for r in runs)
             print(f"{n:>9,} {path.stat().st_size / 1e6:>6.1f} {floor:>10.2f} {ours:>9.2f} "
-                  f"{ours / floor:>6.2f} {ours / n * 1e6:>7.1f} {peak:>8.0f} {parser:>9.0f}",
+                  f"{ratio:>6.2f} {ours / n * 1e6:>7.1f} {peak:>8.0f} {parser:>9.0f}",
                   flush=True)
             last = path, n
         if last:

@@ -212,6 +212,7 @@ class NewRowCounter:
     # a row's key packs its (campaign, slot) code, dimension value code and profile code
     _CS_BITS, _VALUE_BITS, _PROFILE_BITS = 24, 20, 18
     _MAX_SUMMED = 1 << 39  # |value| of a summed column: a batch's sums stay exact in int64
+    _EXACT = 1 << 31       # counter values are int32: totals stay below this (see add)
 
     def __init__(self, conn: sqlite3.Connection, kind: Kind | str, columns: Sequence[str]):
         import numpy
@@ -245,6 +246,12 @@ class NewRowCounter:
         self._counted: list = [[None, None] for _ in self._dims]
         self.rows_counted = 0
         self.writes = 0
+        # Counter values are held as int32, half the memory of int64 (so that a million
+        # rows' counts fit under WRITE_AT and are written once): exact while every total
+        # is below _EXACT, which holds while (rows counted since the last write) times
+        # (the largest counter value of a row) is. Past that, add writes out first.
+        self._since_write = 0
+        self._pmax = 1
         info = conn.execute(f"PRAGMA table_info({k.table})").fetchall()
         self._decl = {name: (decl, bool(notnull or pk)) for _, name, decl, notnull, _, pk in info}
 
@@ -283,6 +290,10 @@ class NewRowCounter:
             return False
         if len(self._profiles) > len(self._P) and not self._evaluate_profiles():
             return False
+        if n * self._pmax >= self._EXACT:
+            return False
+        if (self._since_write + n) * self._pmax >= self._EXACT:
+            self.write()
         codes = []
         for d, (_, i) in enumerate(self._dims):
             memo = self._values[d]
@@ -303,6 +314,7 @@ class NewRowCounter:
             if self._pending_len[d] >= self.REDUCE_AT:
                 self._reduce(d)
         self.rows_counted += n
+        self._since_write += n
         return True
 
     def _reduce(self, d: int) -> None:
@@ -317,9 +329,11 @@ class NewRowCounter:
         counts = np.concatenate([c for _, c, _, _ in pending])
         order = keys.argsort(kind="stable")   # sorted runs, merged
         keys, counts = _runs(np, keys[order], counts[order])
-        derived = self._PT[:, keys & ((1 << pb) - 1)] * counts
-        sums = np.concatenate([s for _, _, _, s in pending], axis=1)
+        derived = (self._PT[:, keys & ((1 << pb) - 1)] * counts).astype(np.int32)
         sum_keys = np.concatenate([p for _, _, p, _ in pending])
+        order = sum_keys.argsort(kind="stable")
+        sum_keys = sum_keys[order]
+        sums = np.concatenate([s for _, _, _, s in pending], axis=1)[:, order]
         self._counted[d] = [_merge(np, self._counted[d][0], keys >> pb, derived),
                             _merge(np, self._counted[d][1], sum_keys, sums)]
         pending.clear()
@@ -336,6 +350,8 @@ class NewRowCounter:
         np = self.np
         self._P = np.concatenate([self._P, np.array(got, dtype=np.int64).reshape(
             len(new), len(self._derived_sql))])
+        if self._P.size:
+            self._pmax = max(1, int(np.abs(self._P).max()))
         self._PT = np.ascontiguousarray(self._P.T)
         return True
 
@@ -394,6 +410,7 @@ class NewRowCounter:
             + ", ".join(f"{c} = {c} + excluded.{c}" for c in k.counters),
             self.rows(skip=skip))
         self.writes += 1
+        self._since_write = 0
 
     def rows(self, skip: set[tuple[int, int]] | frozenset = frozenset(),
              chunk: int = 10_000) -> Iterator[tuple]:
@@ -456,13 +473,22 @@ class _Codes(dict):
 
 
 def _merge(np, state, keys, values):
-    """``state`` (None, or sorted distinct keys and their column sums) with ``keys`` and
-    ``values`` added in."""
-    if state is not None and state[0] is not None:
-        keys = np.concatenate([state[0], keys])
-        values = np.concatenate([state[1], values], axis=1)
-    order = keys.argsort(kind="stable")   # two sorted runs: timsort merges them
-    return _runs(np, keys[order], values[:, order])
+    """``state`` (None, or sorted distinct keys and their column sums, updated in place)
+    with sorted ``keys`` and their ``values`` added in."""
+    keys, values = _runs(np, keys, values)
+    if state is None or state[0] is None or not len(state[0]):
+        return keys, values
+    known, sums = state
+    # Once a file's first rows are in, nearly every key is one the state has: add those
+    # where they are, and insert the few new ones (no sort of the whole state).
+    at = np.searchsorted(known, keys)
+    hit = known[np.minimum(at, len(known) - 1)] == keys
+    sums[:, at[hit]] += values[:, hit]
+    if hit.all():
+        return known, sums
+    miss = ~hit
+    return (np.insert(known, at[miss], keys[miss]),
+            np.insert(sums, at[miss], values[:, miss], axis=1))
 
 
 def _runs(np, keys, values):
@@ -474,7 +500,7 @@ def _runs(np, keys, values):
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
     if values is None:
         return keys[starts], np.diff(np.append(starts, n))
-    return keys[starts], np.add.reduceat(values, starts, axis=-1)
+    return keys[starts], np.add.reduceat(values, starts, axis=-1, dtype=values.dtype)
 
 
 _LAG = ("LAG(m.sent_at) OVER (PARTITION BY m.campaign_id, m.recipient "

@@ -280,19 +280,24 @@ def _varied_sms(n: int, seed: int) -> str:
 
 
 @pytest.mark.parametrize("parallel", [False, True])
-@pytest.mark.parametrize("mode", ["counted", "written early", "gives up"])
+@pytest.mark.parametrize("mode", ["counted", "written early", "int32 bound", "gives up"])
 def test_rollups_counted_while_importing_equal_a_recount(store, write, monkeypatch, parallel,
                                                          mode):
     """The importer counts new rows for the rollups in numpy, batch by batch (folding them
-    together every few hundred entries here; writing them out after every batch, as it
-    does when they outgrow their memory, in "written early"), and hands over to SQL when
+    together every few thousand entries here, a batch or two at a time; writing them out
+    after every batch, as it does when they outgrow their memory, in "written early", or
+    before its int32 totals could overflow, in "int32 bound"), and hands over to SQL when
     a batch meets stored rows or cannot be counted: whichever way, the rollup and the
     reach tables equal a recount from the events, after a first import, an overlapping
     second one and a re-import."""
-    monkeypatch.setattr(rollup.NewRowCounter, "REDUCE_AT", 300)
+    # folded every few thousand entries: after one batch (4000 rows), or two (1000 + 2000)
+    monkeypatch.setattr(rollup.NewRowCounter, "REDUCE_AT", 2500)
     writes = []
-    if mode == "written early":
-        monkeypatch.setattr(rollup.NewRowCounter, "WRITE_AT", 1)
+    if mode == "int32 bound":   # as if 5,000 were int32's limit
+        monkeypatch.setattr(rollup.NewRowCounter, "_EXACT", 5000)
+    if mode in ("written early", "int32 bound"):
+        if mode == "written early":
+            monkeypatch.setattr(rollup.NewRowCounter, "WRITE_AT", 1)
         write_counts = rollup.NewRowCounter.write
 
         def counting_writes(self, *a, **k):
@@ -328,6 +333,8 @@ def test_rollups_counted_while_importing_equal_a_recount(store, write, monkeypat
     if mode == "written early":   # after each batch counted (1000, 3000, 7000 rows: the
         # last batch holds a repeated row, so SQL counts it), then at the end (nothing)
         assert writes == [1000, 3000, 7000, 7000]
+    if mode == "int32 bound":     # before the third batch (3000 + 4000 rows), at the end
+        assert writes == [3000, 7000]
     check()
     second = _varied_sms(3000, seed=2).replace(",m", ",n")  # new ids, same recipients
     import_file(store, write("b.csv", second + "\n".join(first.splitlines()[1:2000]) + "\n"),
