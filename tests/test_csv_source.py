@@ -1,6 +1,7 @@
 """The CSV reader splits quote-free blocks itself: it must read every file exactly as the
 csv module reads it, line numbers included."""
 import csv
+import hashlib
 import random
 
 import pytest
@@ -75,3 +76,24 @@ def test_plain_blocks_are_split_without_the_csv_module(tmp_path, monkeypatch):
     monkeypatch.setattr(source, "_Feed", Counting)
     assert len(list(CsvSource(path).rows())) == 3000
     assert 0 < len(fed) < 20   # the first block only
+
+
+@pytest.mark.parametrize("tail, utf8", [
+    ("é", True),                 # a two-byte character split across two chunks
+    ("✨", True),                # three bytes, split across chunks
+    (b"\xe9", False),            # Latin-1 é after ASCII chunks
+    (b"\xc3", False),            # a character cut off, ASCII after it
+    (b"\xc3" + b"z" * 32 + b"\xa9", False),  # ... and a lone continuation byte chunks later
+])
+def test_encoding_check_over_chunks(tmp_path, monkeypatch, tail, utf8):
+    """The encoding scan skips decoding ASCII chunks: a character open across a chunk's
+    end, or a bad byte after many ASCII chunks, must still be told apart."""
+    monkeypatch.setattr(source, "_CHUNK", 16)
+    head = b"campaign,message_id\n" + b"spring,SM1\n" * 5
+    bad = tail if isinstance(tail, bytes) else tail.encode()
+    cut = 16 - len(head) % 16 - 2    # the character starts on a chunk's last byte
+    body = head + b"x" * cut + b"," + bad + b"\n" + b"autumn,SM2\n" * 5
+    (tmp_path / "f.csv").write_bytes(body)
+    src = CsvSource(tmp_path / "f.csv")
+    assert (src.encoding == "utf-8") is utf8
+    assert src.sha256 == hashlib.sha256(body).hexdigest()

@@ -16,7 +16,7 @@ from ..rollup import KINDS, NewRowCounter, Rollup
 from ..errors import ImportRejected, KpiBotError, MappingError, RowError
 from ..store import Store, iso, utcnow
 from ..times import zone
-from .formats import CALL_COLUMNS, DAILY_COLUMNS, FORMATS, MESSAGE_COLUMNS, detect
+from .formats import CALL_COLUMNS, DAILY_COLUMNS, FORMATS, MESSAGE_COLUMNS, NULL, detect
 from .mapping import Mapping, load_mapping
 from .parse import ParseJob, parse
 from .source import CsvSource
@@ -76,24 +76,54 @@ _KEYS = {"message": ("messages", MESSAGE_COLUMNS, ("message_key",)),
          "daily": ("daily", DAILY_COLUMNS, ("campaign_id", "date", "channel"))}
 
 
-def _insert_sql(conn, kind: str) -> tuple[str, str]:
-    """The two statements a batch goes in with: an insert that skips rows already
-    present, and an upsert for batches where some were. The upsert updates the stored row
-    when the file's copy differs (the later copy wins; identical rows are left alone, so
-    re-importing an export rewrites nothing). A built row holds ``NULL`` ("") for no
-    value; every column that may be NULL reads it through NULLIF."""
-    table, columns, key = _KEYS[kind]
-    nullable = {name for _, name, _, notnull, _, pk in
-                conn.execute(f"PRAGMA table_info({table})").fetchall() if not notnull and not pk}
-    values = ", ".join("NULLIF(?, '')" if c in nullable else "?" for c in columns)
-    head = f"INSERT INTO {table} ({', '.join(columns)})"
-    data = [c for c in columns if c not in key and c != "import_id"]
-    stored = ", ".join(f"{table}.{c}" for c in data)
-    incoming = ", ".join(f"excluded.{c}" for c in data)
-    upsert = (f"{head} VALUES ({values}) ON CONFLICT({', '.join(key)}) DO UPDATE SET "
-              + ", ".join(f"{c} = excluded.{c}" for c in data + ["import_id"])
-              + f" WHERE ({stored}) IS NOT ({incoming})")
-    return head.replace("INSERT", "INSERT OR IGNORE", 1) + f" VALUES ({values})", upsert
+class _Statements:
+    """The two statements a batch goes in with: an insert that skips rows already present,
+    and an upsert for batches where some were. The upsert updates the stored row when the
+    file's copy differs (the later copy wins; identical rows are left alone, so
+    re-importing an export rewrites nothing).
+
+    A built row holds ``NULL`` ("") for no value. Each batch gets statements fitted to it:
+    a nullable column that is empty in every row of the batch is the literal NULL (and
+    not sent), one that is empty in some rows is read through NULLIF(?, ''), the others
+    are bound as they are; the import's id is a literal. Per-row function calls and
+    parameters are what an insert costs from Python, so this takes about a tenth off."""
+
+    def __init__(self, conn, kind: str, import_id: int):
+        self.table, self.columns, self.key = _KEYS[kind]
+        info = conn.execute(f"PRAGMA table_info({self.table})").fetchall()
+        nullable = {name for _, name, _, notnull, _, pk in info if not notnull and not pk}
+        self.nullable = [i for i, c in enumerate(self.columns)
+                         if c in nullable and c != "import_id"]
+        self.import_at = self.columns.index("import_id")
+        self.import_id = int(import_id)
+        self._made: dict[tuple, tuple[str, str, list[int]]] = {}
+
+    def for_batch(self, columns: list) -> tuple[str, str, list]:
+        """The insert and the upsert for this batch, and the columns they bind."""
+        shape = [0] * len(self.columns)
+        for i in self.nullable:
+            empty = columns[i].count(NULL)
+            if empty:
+                shape[i] = 2 if empty == len(columns[i]) else 1
+        shape[self.import_at] = 3
+        made = self._made.get(key := tuple(shape))
+        if made is None:
+            made = self._made[key] = self._make(key)
+        insert, upsert, bound = made
+        return insert, upsert, [columns[i] for i in bound]
+
+    def _make(self, shape: tuple) -> tuple[str, str, list[int]]:
+        table, columns, key = self.table, self.columns, self.key
+        values = ", ".join(("?", "NULLIF(?, '')", "NULL", str(self.import_id))[k] for k in shape)
+        bound = [i for i, k in enumerate(shape) if k < 2]
+        head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({values})"
+        data = [c for c in columns if c not in key and c != "import_id"]
+        stored = ", ".join(f"{table}.{c}" for c in data)
+        incoming = ", ".join(f"excluded.{c}" for c in data)
+        upsert = (f"{head} ON CONFLICT({', '.join(key)}) DO UPDATE SET "
+                  + ", ".join(f"{c} = excluded.{c}" for c in data + ["import_id"])
+                  + f" WHERE ({stored}) IS NOT ({incoming})")
+        return head.replace("INSERT", "INSERT OR IGNORE", 1), upsert, bound
 
 
 _TABLE = {kind: table for kind, (table, _, _) in _KEYS.items()}
@@ -203,7 +233,7 @@ def import_file(
             # still wins): neighbouring keys share index pages, which roughly halves the
             # cost of the inserts once the key index outgrows SQLite's page cache.
             sort_key = itemgetter(0) if fmt.kind != "daily" else itemgetter(0, 1, 2)
-            insert, upsert = _insert_sql(conn, fmt.kind)
+            statements = _Statements(conn, fmt.kind, import_id)
             present = False    # met a row that was already stored
             # New rows are counted for the rollups batch by batch while the parser works;
             # from the first batch that cannot be (it met stored rows), SQL counts the rest.
@@ -217,7 +247,8 @@ def import_file(
                     _, columns, row_errors, done_bytes = message
                     if columns:
                         _check_references(columns, campaign_col, campaign_ids, import_id)
-                        rows = list(zip(*columns))
+                        insert, upsert, bound = statements.for_batch(columns)
+                        rows = list(zip(*bound))
                         rows.sort(key=sort_key)
                         if counting:
                             before = conn.execute(last_rowid).fetchone()[0]

@@ -78,7 +78,9 @@ class CsvSource:
                 return digest.hexdigest(), "utf-16"
             for chunk in iter(lambda: f.read(_CHUNK), b""):
                 digest.update(chunk)
-                if is_utf8:
+                # ASCII is valid UTF-8, and checking for it is ten times cheaper than
+                # decoding, as long as no multi-byte character is left open from before
+                if is_utf8 and not (chunk.isascii() and not utf8.getstate()[0]):
                     try:
                         utf8.decode(chunk)
                     except UnicodeDecodeError:
