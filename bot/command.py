@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from metrics import engine, kpis
+from metrics import ab, engine, kpis
 from metrics.errors import KpiBotError, UnknownCampaign
 from metrics.periods import is_period, resolve
 from metrics.store import GOALS, Store
@@ -27,8 +27,8 @@ USAGE = {
     "card": "/kpi <campaign> [since] [until] [by <dimension>]",
     "goal": "/kpi goal <campaign> <" + ", ".join(GOALS) + ">",
     "northstar": "/kpi northstar <metric>",
-    "compare": "/kpi compare <campaign-a> <campaign-b>",
-    "ab": "/kpi ab <campaign> [metric]",
+    "compare": "/kpi compare <campaign-a> <campaign-b> [metric] [since] [until]",
+    "ab": "/kpi ab <campaign> [metric] [since] [until]",
     "top": "/kpi top <metric> [since]",
     "alert": "/kpi alert add <campaign or *> <metric> <op> <value> [min <n>] [window <dur>] "
              "[recover <value>] [renotify <dur>] [in #channel] | alert list | "
@@ -36,9 +36,10 @@ USAGE = {
     "digest": "/kpi digest add <daily or weekly <day>> <HH:MM> [<IANA tz>] [in #channel] | "
               "digest list | digest remove <id> | digest preview [daily]",
 }
-NOT_YET = ("compare", "ab", "top")   # in the contract, not built yet
+NOT_YET = ("top",)   # in the contract, not built yet
 STATE_CHANGING = ("goal", "northstar", "alert", "digest", "import")
 EXAMPLES = ["/kpi list", "/kpi black-friday", "/kpi black-friday 7d",
+            "/kpi ab black-friday", "/kpi compare black-friday cyber-monday ctr",
             "/kpi \"spring sale\" 2026-10-01 2026-10-31 by country",
             "/kpi renewals-q4 last-week by disposition", "/kpi goal black-friday sales"]
 
@@ -207,6 +208,70 @@ def cmd_card(ctx: Context, args: list[Token]) -> Reply:
         from metrics import charts as ch
         return ch.for_report(rep, every)
     return Reply(text.card(rep), text.card_json(rep), report=rep, charts=charts)
+
+
+def _trailing(ctx: Context, args: list[Token], usage: str) -> tuple[list[Token], str | None,
+                                                                      object]:
+    """Split ``... [metric] [since] [until]`` off the end of an A/B command: the words
+    left (campaign names), the metric named (None: the goal's) and the period (None: the
+    whole life). Quoted words are always names."""
+    rest = list(args)
+    periods: list[str] = []
+    metric = None
+    while rest and not rest[-1].quoted:
+        word = rest[-1].text
+        if is_period(word) and len(periods) < 2 and metric is None:
+            periods.insert(0, word)
+        elif metric is None and word.lower() in kpis.all_names():
+            metric = word.lower()
+        else:
+            break
+        rest.pop()
+    if not rest:
+        raise UsageError("which campaign?", usage)
+    period = None
+    if periods:
+        period = resolve(periods[0], periods[1] if len(periods) > 1 else None, ctx.now_ts(),
+                         zone(ctx.store.timezone()))
+    return rest, metric, period
+
+
+def _comparison_reply(c: ab.Comparison) -> Reply:
+    def charts(every: bool = False) -> list[tuple[str, bytes]]:
+        from metrics import charts as ch
+        return [("ab.png", ch.comparison(c))]
+    return Reply(text.comparison(c), c.as_json(), charts=charts)
+
+
+def cmd_ab(ctx: Context, args: list[Token]) -> Reply:
+    names, metric, period = _trailing(ctx, args, USAGE["ab"])
+    return _comparison_reply(ab.variants(ctx.store, " ".join(t.text for t in names), metric,
+                                         period, now=ctx.now_ts()))
+
+
+def cmd_compare(ctx: Context, args: list[Token]) -> Reply:
+    names, metric, period = _trailing(ctx, args, USAGE["compare"])
+    if len(names) < 2:
+        raise UsageError("compare needs two campaigns", USAGE["compare"])
+    if len(names) == 2:
+        a, b = names[0].text, names[1].text
+    else:
+        # names of several words: the one split where both halves are campaigns
+        splits = []
+        for i in range(1, len(names)):
+            left = " ".join(t.text for t in names[:i])
+            right = " ".join(t.text for t in names[i:])
+            try:
+                engine.find_campaign(ctx.store, left)
+                engine.find_campaign(ctx.store, right)
+            except UnknownCampaign:
+                continue
+            splits.append((left, right))
+        if len(splits) != 1:
+            raise UsageError("which two campaigns? Put a name with spaces in quotes, e.g. "
+                             '/kpi compare "spring sale" "autumn sale"', USAGE["compare"])
+        a, b = splits[0]
+    return _comparison_reply(ab.campaigns(ctx.store, a, b, metric, period, now=ctx.now_ts()))
 
 
 _DURATION = re.compile(r"^(\d{1,5})([mhdw])$")
@@ -408,6 +473,8 @@ COMMANDS: dict[str, Callable[[Context, list[Token]], Reply]] = {
     "northstar": cmd_northstar,
     "alert": cmd_alert,
     "digest": cmd_digest,
+    "ab": cmd_ab,
+    "compare": cmd_compare,
     **{name: _not_yet(name) for name in NOT_YET},
 }
 

@@ -308,3 +308,37 @@ def digest_text(d, late: str | None = None) -> str:
     if p["alerts"]:
         out += ["", "Alerts that fired: " + "; ".join(p["alerts"])]
     return "\n".join(out)
+
+
+_COUNTED = {"delivery_rate": "delivered", "ctr": "clicked", "conversion_rate": "converted",
+            "opt_out_rate": "opted out", "response_rate": "replied",
+            "spam_complaint_rate": "complaints", "answer_rate": "answered",
+            "abandonment_rate": "abandoned"}
+
+
+def comparison(c) -> str:
+    """An A/B comparison (``metrics.ab.Comparison``): the verdict first, then each arm's
+    rate, counts and 95% interval, best first."""
+    what = "variant" if c.kind == "variants" else "campaign"
+    k = c.metric
+    when = c.period.label if c.period is not None else (
+        "whole campaign" if c.kind == "variants" else "each campaign's whole life")
+    head = (f"A/B test of {c.subject} on {k.label.lower()} ({k.definition}), {when}"
+            if c.kind == "variants" else
+            f"{c.subject} on {k.label.lower()} ({k.definition}), {when}")
+    down = k.good == "down"
+    arms = sorted(c.arms, key=lambda a: (a.value is None, (a.value or 0) * (1 if down else -1)))
+    counted = _COUNTED.get(k.name, "count")
+    rows = [(what, "rate", f"{counted} / {c.noun}", "95% interval")]
+    for a in arms:
+        lo, hi = a.interval
+        rows.append((a.label + (" ★" if a.label == c.winner else ""),
+                     "n/a" if a.value is None else f"{a.value * 100:.2f}%",
+                     f"{a.numerator:,} / {a.denominator:,}",
+                     "" if lo is None else f"{lo * 100:.2f}–{hi * 100:.2f}%"))
+    lines = [c.verdict, head, table(rows, right={1})]
+    if c.left_out:
+        lines.append("Not compared: " + ", ".join(
+            "rows without a variant" if x == "(none)" else "daily totals (no variants)"
+            for x in c.left_out) + ".")
+    return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Charts as PNG bytes (matplotlib, Agg): trend, breakdown with 95% intervals, a
-weekday-by-hour heatmap, call dispositions. Sized for Slack's preview (about 360 px tall
-in the channel), in fonts that cover Latin, Cyrillic, Georgian and CJK names: DejaVu Sans
+weekday-by-hour heatmap, call dispositions, an A/B comparison. Sized for Slack's preview
+(about 360 px tall in the channel), in fonts that cover Latin, Cyrillic, Georgian and CJK names: DejaVu Sans
 (shipped with matplotlib) with Noto Sans CJK as the fallback for the glyphs it lacks.
 """
 from __future__ import annotations
@@ -14,9 +14,9 @@ from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter, StrMethodFormatter
-from scipy.stats import binomtest
 
 from . import kpis
+from .ab import wilson
 from .engine import WEEKDAYS, Report
 
 SIZE = (8, 4.2)    # inches; at 100 dpi, 800x420 px
@@ -24,6 +24,8 @@ DPI = 100
 BAR = "#9fb7d9"
 LINE = "#c0392b"
 PREV = "#7f8c8d"
+WIN = "#2e7d32"     # an A/B winner
+LEAD = "#5b7fb5"    # an A/B leader, not significant yet
 _CJK_SYSTEM = ["/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
                "/usr/share/fonts/truetype/noto/NotoSansCJK-Regular.ttc"]
 
@@ -130,12 +132,6 @@ def _short(label: str, unit: str) -> str:
     return label
 
 
-def wilson(successes: int, n: int) -> tuple[float, float]:
-    """95% Wilson score interval (scipy's implementation)."""
-    ci = binomtest(int(successes), int(n)).proportion_ci(confidence_level=0.95, method="wilson")
-    return ci.low, ci.high
-
-
 def breakdown(rep: Report, limit: int = 12) -> bytes:
     """The headline rate per dimension value, with 95% intervals, biggest groups first."""
     ch = rep.dim_channel or rep.channels[0]
@@ -225,4 +221,31 @@ def digest_volume(title: str, rows: list[tuple[str, int, str]], limit: int = 12)
         ax.text(n, y, f"  {n:,} {'sent' if ch == 'sms' else 'dialed'}", va="center", fontsize=9)
     ax.xaxis.set_major_locator(MaxNLocator(5, integer=True))
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    return _png(fig)
+
+
+def comparison(c) -> bytes:
+    """An A/B comparison (``metrics.ab.Comparison``): each arm's rate with its 95% interval,
+    the leader (or winner) in a stronger colour, the verdict's gist in the title."""
+    arms = [a for a in c.arms if a.denominator][:12]
+    state = (f"{c.winner} wins" if c.winner else f"{c.leader} leads, not significant yet"
+             if c.leader else "no difference yet")
+    title = f"{c.subject} · {c.metric.label} (95% intervals) · {state}"
+    fig, ax = _figure(title, [a.label for a in arms], right=0.8)
+    if not arms:
+        ax.text(0.5, 0.5, "no data to compare", ha="center", va="center")
+        ax.set_axis_off()
+        return _png(fig)
+    arms = arms[::-1]
+    vals = [a.value for a in arms]
+    lows, highs = zip(*[a.interval for a in arms])
+    err = [[v - lo for v, lo in zip(vals, lows)], [hi - v for v, hi in zip(vals, highs)]]
+    colours = [WIN if a.label == c.winner else LEAD if a.label == c.leader else BAR for a in arms]
+    ax.barh([a.label for a in arms], vals, color=colours, xerr=err, ecolor="#34495e", capsize=4)
+    for y, a in enumerate(arms):
+        ax.text(a.interval[1], y, f"  {a.value * 100:.2f}%  ({a.numerator:,} / {a.denominator:,})",
+                va="center", fontsize=9)
+    _pct(ax.xaxis, max(highs))
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.set_xlim(0, min(1.0, max(highs) * 1.45) or 1.0)
     return _png(fig)

@@ -398,3 +398,21 @@ def test_alert_buttons_snooze_and_mute_for_admins_only(served):
     click("alert_mute", str(rule.id), "UADMIN", "a2")
     assert alerts.get_rule(s, rule.id).muted
     s.close()
+
+
+def test_ab_test_answered_in_slack_with_its_chart(served, write):
+    from .test_ab import events
+    fake, url, db, _ = served
+    s = Store(db)
+    import_file(s, write("ab.csv", events({"A": (1000, 50, 0), "B": (1000, 80, 0)})))
+    s.close()
+    status, _ = post(url, slash(fake, "ab spring-sale"))
+    assert status == 200
+    (resp,) = fake.wait_for("response")
+    msg = resp.params
+    assert msg["text"].startswith("B wins: 8.00% against 5.00% for A")
+    shown = json.dumps(msg["blocks"], ensure_ascii=False)
+    assert "B wins" in shown and "80 / 1,000" in shown and "50 / 1,000" in shown
+    (done,) = fake.wait_for("files.completeUploadExternal")
+    (upload,) = fake.of("upload")
+    assert done.params["channel_id"] == "C1" and upload.body[:8] == b"\x89PNG\r\n\x1a\n"

@@ -76,7 +76,7 @@ def answer(deps, command: dict, client: WebClient) -> Reply:
         raise
     msg = blocks.message(reply, text_in)
     send.send(response_type="ephemeral", **msg)
-    if reply.ok and reply.report is not None:
+    if reply.ok:   # a card or a comparison has a chart; other answers have none
         problem = upload_chart(client, command.get("channel_id", ""), reply, text_in)
         if problem:
             send.send(text=problem, response_type="ephemeral")
@@ -98,9 +98,10 @@ def upload_chart(client: WebClient, channel_id: str, reply: Reply, text_in: str)
     if not charts:
         return None
     name, png = charts[0]
+    about = reply.report.campaign.name if reply.report is not None else text_in
     try:
         client.files_upload_v2(channel=channel_id, file=png,
-                               filename=f"{_slug(reply.report.campaign.name)}-{name}.png",
+                               filename=f"{_slug(about)}-{name}.png",
                                title=f"/kpi {text_in}".strip())
     except SlackApiError as exc:
         error = exc.response.get("error", "")
