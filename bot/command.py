@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from metrics import ab, engine, kpis
+from metrics import ab, engine, kpis, leaderboard
 from metrics.errors import KpiBotError, UnknownCampaign
 from metrics.periods import is_period, resolve
 from metrics.store import GOALS, Store
@@ -29,17 +29,18 @@ USAGE = {
     "northstar": "/kpi northstar <metric>",
     "compare": "/kpi compare <campaign-a> <campaign-b> [metric] [since] [until]",
     "ab": "/kpi ab <campaign> [metric] [since] [until]",
-    "top": "/kpi top <metric> [since]",
+    "top": "/kpi top <metric> [since] [until]",
     "alert": "/kpi alert add <campaign or *> <metric> <op> <value> [min <n>] [window <dur>] "
              "[recover <value>] [renotify <dur>] [in #channel] | alert list | "
              "alert remove <id> | alert snooze <id> <dur>",
     "digest": "/kpi digest add <daily or weekly <day>> <HH:MM> [<IANA tz>] [in #channel] | "
               "digest list | digest remove <id> | digest preview [daily]",
 }
-NOT_YET = ("top",)   # in the contract, not built yet
+NOT_YET: tuple[str, ...] = ()   # in the contract, not built yet
 STATE_CHANGING = ("goal", "northstar", "alert", "digest", "import")
 EXAMPLES = ["/kpi list", "/kpi black-friday", "/kpi black-friday 7d",
             "/kpi ab black-friday", "/kpi compare black-friday cyber-monday ctr",
+            "/kpi top conversion_rate 30d",
             "/kpi \"spring sale\" 2026-10-01 2026-10-31 by country",
             "/kpi renewals-q4 last-week by disposition", "/kpi goal black-friday sales"]
 
@@ -274,6 +275,24 @@ def cmd_compare(ctx: Context, args: list[Token]) -> Reply:
     return _comparison_reply(ab.campaigns(ctx.store, a, b, metric, period, now=ctx.now_ts()))
 
 
+def cmd_top(ctx: Context, args: list[Token]) -> Reply:
+    if not args:
+        raise UsageError("which metric?", USAGE["top"])
+    metric = _metric(args[0].text)
+    words = [t.text for t in args[1:]]
+    bad = [w for w in words if not is_period(w)]
+    if bad or len(words) > 2:
+        raise UsageError(f"'{bad[0] if bad else words[2]}' is not a period", USAGE["top"])
+    period = resolve(words[0], words[1] if len(words) > 1 else None, ctx.now_ts(),
+                     zone(ctx.store.timezone())) if words else None
+    board = leaderboard.top(ctx.store, metric, period, now=ctx.now_ts())
+
+    def charts(every: bool = False) -> list[tuple[str, bytes]]:
+        from metrics import charts as ch
+        return [("top.png", ch.leaderboard(board))]
+    return Reply(text.leaderboard(board), board.as_json(), charts=charts)
+
+
 _DURATION = re.compile(r"^(\d{1,5})([mhdw])$")
 
 
@@ -475,6 +494,7 @@ COMMANDS: dict[str, Callable[[Context, list[Token]], Reply]] = {
     "digest": cmd_digest,
     "ab": cmd_ab,
     "compare": cmd_compare,
+    "top": cmd_top,
     **{name: _not_yet(name) for name in NOT_YET},
 }
 

@@ -220,7 +220,8 @@ def help_text(usage: dict, examples: list[str], not_yet: tuple) -> str:
               "Dimensions: day, week, hour, weekday, segment, variant, country, status, error, "
               "disposition, agent, and any imported attribute column.",
               "", "Examples:"] + [f"  {e}" for e in examples]
-    lines += ["", "Coming later: " + ", ".join(f"/kpi {n}" for n in not_yet) + "."]
+    if not_yet:
+        lines += ["", "Coming later: " + ", ".join(f"/kpi {n}" for n in not_yet) + "."]
     return "\n".join(lines)
 
 
@@ -342,3 +343,30 @@ def comparison(c) -> str:
             "rows without a variant" if x == "(none)" else "daily totals (no variants)"
             for x in c.left_out) + ".")
     return "\n".join(lines)
+
+
+def leaderboard(b) -> str:
+    """``metrics.leaderboard.Board`` as text: per channel, campaigns best first."""
+    when = b.period.label if b.period is not None else "each campaign's whole life"
+    out = []
+    for ch, entries in b.ranked.items():
+        k = b.kpi[ch]
+        better = " (lower is better)" if k.good == "down" else ""
+        out.append(f"Top {'SMS' if ch == 'sms' else 'call'} campaigns by {k.label.lower()} ({k.definition}), "
+                   f"{when}{better}")
+        counts = k.denominator is not None
+        rows = [("#", "campaign", k.label.lower()) + (("of",) if counts else ())]
+        for i, e in enumerate(entries):
+            rows.append((str(i + 1), e.campaign, fmt_value(e.value))
+                        + ((fraction(e.value),) if counts else ()))
+        if entries:
+            out.append(table(rows, right={0, 2}))
+        small = b.not_ranked.get(ch, [])
+        if small:
+            from metrics.leaderboard import floor
+            out.append(f"Not ranked (fewer than {floor(k)} {k.definition.split(' / ')[-1]}): "
+                       + ", ".join(f"{e.campaign} ({fmt_value(e.value)}, "
+                                   f"{fraction(e.value) or 'no data'})"
+                                   for e in small))
+        out.append("")
+    return "\n".join(out).rstrip()

@@ -78,6 +78,13 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _empty(fig, ax, message: str) -> bytes:
+    """A chart with nothing to draw says so, rather than showing empty axes."""
+    ax.text(0.5, 0.5, message, ha="center", va="center")
+    ax.set_axis_off()
+    return _png(fig)
+
+
 def _pct(axis, top: float | None = None) -> None:
     """Percent ticks, whole percents unless the values are all small."""
     axis.set_major_formatter(PercentFormatter(1.0, decimals=0 if top is None or top >= 0.05
@@ -141,9 +148,7 @@ def breakdown(rep: Report, limit: int = 12) -> bytes:
     title = f"{rep.campaign.name} · {rate.label} by {rep.dim} (95% intervals)"
     fig, ax = _figure(title, [k for k, _ in rows], right=0.85)
     if not rows:
-        ax.text(0.5, 0.5, "no data in this period", ha="center", va="center")
-        ax.set_axis_off()
-        return _png(fig)
+        return _empty(fig, ax, "no data in this period")
     keys = [k for k, _ in rows][::-1]
     vals = [v.value for _, v in rows][::-1]
     lows, highs = zip(*[wilson(v.numerator, v.denominator) for _, v in rows][::-1])
@@ -233,9 +238,7 @@ def comparison(c) -> bytes:
     title = f"{c.subject} · {c.metric.label} (95% intervals) · {state}"
     fig, ax = _figure(title, [a.label for a in arms], right=0.8)
     if not arms:
-        ax.text(0.5, 0.5, "no data to compare", ha="center", va="center")
-        ax.set_axis_off()
-        return _png(fig)
+        return _empty(fig, ax, "no data to compare")
     arms = arms[::-1]
     vals = [a.value for a in arms]
     lows, highs = zip(*[a.interval for a in arms])
@@ -249,3 +252,41 @@ def comparison(c) -> bytes:
     ax.xaxis.set_major_locator(MaxNLocator(5))
     ax.set_xlim(0, min(1.0, max(highs) * 1.45) or 1.0)
     return _png(fig)
+
+
+def leaderboard(board, limit: int = 12) -> bytes:
+    """``metrics.leaderboard.Board``: the first channel's ranked campaigns, best on top."""
+    ch = next(iter(board.ranked))
+    k = board.kpi[ch]
+    entries = board.ranked[ch][:limit]
+    when = board.period.label if board.period is not None else "whole life"
+    title = (f"Top {'SMS' if ch == 'sms' else 'call'} campaigns · {k.label} · {when}"
+             + (" (lower is better)" if k.good == "down" else ""))
+    fig, ax = _figure(title, [e.campaign for e in entries], right=0.85)
+    if not entries:
+        return _empty(fig, ax, "no campaign has enough volume to rank")
+    entries = entries[::-1]
+    vals = [e.value.value for e in entries]
+    colours = [WIN if i == len(entries) - 1 else BAR for i in range(len(entries))]
+    ax.barh([e.campaign for e in entries], vals, color=colours)
+    for y, e in enumerate(entries):
+        label = _fmt(e.value)
+        ax.text(e.value.value, y, f"  {label}", va="center", fontsize=9)
+    if k.unit == "percent":
+        _pct(ax.xaxis, max(vals))
+    else:
+        ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}" if k.unit == "count" else "{x:,.2f}"))
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    lo = min(0, min(vals))
+    ax.set_xlim(lo * 1.3 if lo < 0 else 0, max(vals) * 1.3 if max(vals) > 0 else 1)
+    return _png(fig)
+
+
+def _fmt(v: kpis.Value) -> str:
+    if v.unit == "percent":
+        return f"{v.value * 100:.2f}%"
+    if v.unit == "money":
+        return f"{v.value:,.2f}"
+    if v.unit == "seconds":
+        return f"{v.value:,.0f} s"
+    return f"{v.value:,.0f}"

@@ -71,8 +71,8 @@ def test_helpful_errors(demo):
     assert not r.ok and "Usage: /kpi <campaign>" in r.text
     r = run("/kpi goal kc fame", demo)
     assert not r.ok and "not a goal" in r.text
-    r = run("/kpi top ctr", demo)
-    assert not r.ok and "not available in this version yet" in r.text
+    r = run("/kpi top ctr 7x", demo)
+    assert not r.ok and "Usage: /kpi top <metric>" in r.text
     r = run("/kpi compare a b", demo)
     assert not r.ok and "No campaign called 'a'" in r.text
     r = run('/kpi "unclosed', demo)
