@@ -50,7 +50,7 @@ def _code_sections(body: str, title: str | None = None) -> list[Block]:
 
 
 def _metric_field(k: kpis.Kpi, v: kpis.Value, before: kpis.Value | None, currency,
-                  headline: bool = False) -> MarkdownTextObject:
+                  headline: bool = False, bench=None) -> MarkdownTextObject:
     lines = [f"{'★ ' if headline else ''}*{k.label}*", f"{text.fmt_value(v, currency)}"]
     frac = text.fraction(v)
     if frac:
@@ -59,6 +59,8 @@ def _metric_field(k: kpis.Kpi, v: kpis.Value, before: kpis.Value | None, currenc
         ch = text.change(v, before, k.good)
         if ch:
             lines.append(ch)
+    if bench is not None:
+        lines.append(text.benchmark_cell(bench, v, k))
     return MarkdownTextObject(text=_cut(_escape("\n".join(lines)), 2000))
 
 
@@ -82,10 +84,14 @@ def card_blocks(reply: Reply, command: str, share: bool = True) -> list[Block]:
         heads = {k.name for k in rep.headline(ch)}
         fields = [_metric_field(k, sec.metrics[k.name],
                                 rep.previous[ch].metrics[k.name] if rep.previous else None, cur,
-                                k.name in heads)
+                                k.name in heads, rep.benchmarks.get((ch, k.name)))
                   for k in shown]
         for i in range(0, len(fields), FIELDS):
             blocks.append(SectionBlock(fields=fields[i:i + FIELDS]))
+        sources = text.benchmark_sources(rep, ch)
+        if sources:
+            blocks.append(ContextBlock(elements=[MarkdownTextObject(
+                text=_cut(_escape("Benchmarks: " + sources), 2000))]))
         if sec.dispositions:
             blocks.append(SectionBlock(text=MarkdownTextObject(text=_cut(_escape(
                 "*Dispositions*: " + ", ".join(f"{n} {k:,} ({s * 100:.0f}%)"

@@ -121,12 +121,17 @@ def card(rep: Report) -> str:
         cur = currency_of(sec)
         rows = []
         heads = {k.name for k in rep.headline(ch)}
+        marks = {}
         for k in shown_kpis(rep, ch):
             v = sec.metrics[k.name]
             row = [("★ " if k.name in heads else "  ") + k.label, fmt_value(v, cur), fraction(v)]
             if rep.previous:
                 row.append(change(v, rep.previous[ch].metrics[k.name], k.good))
+            b = rep.benchmarks.get((ch, k.name))
+            marks[k.name] = benchmark_cell(b, v, k) if b else ""
             rows.append(tuple(row))
+        if any(marks.values()):
+            rows = [r + (m,) for r, m in zip(rows, marks.values())]
         lines.append("")
         if len(rep.channels) > 1:
             lines.append(CHANNEL_NAME[ch])
@@ -134,6 +139,9 @@ def card(rep: Report) -> str:
             lines.append("  no activity in this period")
             continue
         lines.append(table(rows, right={1}))
+        sources = benchmark_sources(rep, ch)
+        if sources:
+            lines.append("Benchmarks: " + sources)
         if sec.dispositions:
             lines.append("")
             lines.append("Dispositions: " + ", ".join(
@@ -143,6 +151,22 @@ def card(rep: Report) -> str:
         lines.append(f"By {rep.dim}:")
         lines.append(breakdown_table(rep))
     return "\n".join(lines)
+
+
+def benchmark_cell(b, v: kpis.Value, k: kpis.Kpi) -> str:
+    """'benchmark 0.6%–1.4%: good' (where the value stands against the band)."""
+    status = b.status(v.value, k.good)
+    return f"benchmark {b.band(k.unit)}" + (f": {status}" if status else "")
+
+
+def benchmark_sources(rep: Report, ch: str) -> str:
+    """Where the figures of a channel's shown benchmarks come from, each source once."""
+    seen: dict[tuple[str, int], list[str]] = {}
+    for k in shown_kpis(rep, ch):
+        b = rep.benchmarks.get((ch, k.name))
+        if b is not None:
+            seen.setdefault((b.source, b.year), []).append(k.label.lower())
+    return "; ".join(f"{', '.join(names)}: {src}, {year}" for (src, year), names in seen.items())
 
 
 def breakdown_table(rep: Report, limit: int = 25) -> str:
@@ -172,6 +196,18 @@ def _metrics_json(rep: Report, sections: dict[str, Section]) -> dict:
             for n, v in sec.metrics.items()}
 
 
+def _with_benchmarks(rep: Report, metrics: dict) -> dict:
+    """A metric with a benchmark carries it: ``{low, high, critical, source, year, url,
+    status}``."""
+    for ch, sec in rep.current.items():
+        for k in kpis.REGISTRY[ch].values():
+            b = rep.benchmarks.get((ch, k.name))
+            key = k.name if len(rep.channels) == 1 else f"{ch}.{k.name}"
+            if b is not None and key in metrics:
+                metrics[key]["benchmark"] = b.as_json(sec.metrics[k.name].value, k.good)
+    return metrics
+
+
 def card_json(rep: Report) -> dict:
     tz = zone(rep.tz)
     c = rep.campaign
@@ -180,7 +216,7 @@ def card_json(rep: Report) -> dict:
         "period": {**rep.period.iso(tz), "label": rep.period.label, "timezone": rep.tz},
         "currency": {ch: currency_of(sec) for ch, sec in rep.current.items()},
         "headline": {ch: [k.name for k in rep.headline(ch)] for ch in rep.channels},
-        "metrics": _metrics_json(rep, rep.current),
+        "metrics": _with_benchmarks(rep, _metrics_json(rep, rep.current)),
         "previous": None,
     }
     if rep.previous:

@@ -10,7 +10,7 @@ import datetime as dt
 import difflib
 from dataclasses import dataclass, field
 
-from . import kpis
+from . import benchmarks, kpis
 from .errors import KpiBotError, UnknownCampaign
 from .names import name_key
 from .periods import Period
@@ -83,6 +83,7 @@ class Report:
     dim: str | None = None
     breakdown: list[tuple[str, dict[str, Section]]] = field(default_factory=list)
     dim_channel: str | None = None   # the channel the breakdown is about (mixed campaigns)
+    benchmarks: dict = field(default_factory=dict)   # (channel, metric) -> Benchmark
 
     @property
     def channels(self) -> list[str]:
@@ -410,6 +411,7 @@ def report(store: Store, campaign: str | Campaign, period: Period | None = None,
     trend = [(_label(tdim, k, tz), {ch: per_channel[ch].get(k, {}) for ch in channels})
              for k in keys]
     rep = Report(camp, period, whole, tz_name, current, previous, prev_period, unit, trend)
+    rep.benchmarks = benchmarks.load(store.path)
     if by is not None:
         rep.dim = by
         # a dimension of one channel only (disposition, error) breaks down that channel
