@@ -26,7 +26,8 @@ OUT = HERE / "out"
 sys.path.insert(0, str(ROOT))
 
 COMMANDS = ['/kpi black-friday', '/kpi black-friday 7d', '/kpi black-friday 30d by country',
-            '/kpi "春の新商品" by weekday_hour']
+            '/kpi "春の新商品" by weekday_hour', '/kpi ab black-friday',
+            '/kpi compare black-friday spring-sale', '/kpi top conversion_rate 30d']
 
 
 def build(size: int) -> Path:
