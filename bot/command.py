@@ -211,30 +211,43 @@ def cmd_card(ctx: Context, args: list[Token]) -> Reply:
     return Reply(text.card(rep), text.card_json(rep), report=rep, charts=charts)
 
 
-def _trailing(ctx: Context, args: list[Token], usage: str) -> tuple[list[Token], str | None,
-                                                                      object]:
-    """Split ``... [metric] [since] [until]`` off the end of an A/B command: the words
-    left (campaign names), the metric named (None: the goal's) and the period (None: the
-    whole life). Quoted words are always names."""
-    rest = list(args)
-    periods: list[str] = []
-    metric = None
+def _readings(args: list[Token]) -> list[tuple[list[Token], list[Token]]]:
+    """Ways to read ``... [metric] [since] [until]`` (metric and periods in any order):
+    (the words before, the trailing words), the most trailing words first. A campaign may
+    be called "holiday revenue"; the caller keeps the first reading whose words name
+    campaigns. Quoted words are always names."""
+    rest, tail = list(args), []
+    periods = metrics = 0
+    names = kpis.all_names()
     while rest and not rest[-1].quoted:
         word = rest[-1].text
-        if is_period(word) and len(periods) < 2 and metric is None:
-            periods.insert(0, word)
-        elif metric is None and word.lower() in kpis.all_names():
-            metric = word.lower()
+        if is_period(word) and periods < 2:
+            periods += 1
+        elif not metrics and word.lower() in names:
+            metrics += 1
         else:
             break
-        rest.pop()
-    if not rest:
-        raise UsageError("which campaign?", usage)
-    period = None
-    if periods:
-        period = resolve(periods[0], periods[1] if len(periods) > 1 else None, ctx.now_ts(),
-                         zone(ctx.store.timezone()))
-    return rest, metric, period
+        tail.insert(0, rest.pop())
+    n = len(args)
+    return [(list(args[:n - j]), list(args[n - j:])) for j in range(len(tail), -1, -1)
+            if n - j > 0]
+
+
+def _options(ctx: Context, tail: list[Token]) -> tuple[str | None, object]:
+    """The metric (None: the goal's) and the period (None: the whole life) in ``tail``."""
+    metric = next((t.text.lower() for t in tail if not is_period(t.text)), None)
+    periods = [t.text for t in tail if is_period(t.text)]
+    period = resolve(periods[0], periods[1] if len(periods) > 1 else None, ctx.now_ts(),
+                     zone(ctx.store.timezone())) if periods else None
+    return metric, period
+
+
+def _is_campaign(ctx: Context, name: str) -> bool:
+    try:
+        engine.find_campaign(ctx.store, name)
+    except UnknownCampaign:
+        return False
+    return True
 
 
 def _comparison_reply(c: ab.Comparison) -> Reply:
@@ -245,34 +258,43 @@ def _comparison_reply(c: ab.Comparison) -> Reply:
 
 
 def cmd_ab(ctx: Context, args: list[Token]) -> Reply:
-    names, metric, period = _trailing(ctx, args, USAGE["ab"])
+    readings = _readings(args)
+    if not readings:
+        raise UsageError("which campaign?", USAGE["ab"])
+    names, tail = next((r for r in readings
+                        if _is_campaign(ctx, " ".join(t.text for t in r[0]))), readings[0])
+    metric, period = _options(ctx, tail)
     return _comparison_reply(ab.variants(ctx.store, " ".join(t.text for t in names), metric,
                                          period, now=ctx.now_ts()))
 
 
-def cmd_compare(ctx: Context, args: list[Token]) -> Reply:
-    names, metric, period = _trailing(ctx, args, USAGE["compare"])
-    if len(names) < 2:
-        raise UsageError("compare needs two campaigns", USAGE["compare"])
-    if len(names) == 2:
-        a, b = names[0].text, names[1].text
-    else:
-        # names of several words: the one split where both halves are campaigns
-        splits = []
-        for i in range(1, len(names)):
-            left = " ".join(t.text for t in names[:i])
-            right = " ".join(t.text for t in names[i:])
-            try:
-                engine.find_campaign(ctx.store, left)
-                engine.find_campaign(ctx.store, right)
-            except UnknownCampaign:
-                continue
+def _two_campaigns(ctx: Context, names: list[Token]) -> tuple[str, str] | None:
+    """The one way to cut ``names`` into two campaign names, or None."""
+    splits = []
+    for i in range(1, len(names)):
+        left = " ".join(t.text for t in names[:i])
+        right = " ".join(t.text for t in names[i:])
+        if _is_campaign(ctx, left) and _is_campaign(ctx, right):
             splits.append((left, right))
-        if len(splits) != 1:
+    return splits[0] if len(splits) == 1 else None
+
+
+def cmd_compare(ctx: Context, args: list[Token]) -> Reply:
+    readings = [r for r in _readings(args) if len(r[0]) >= 2]
+    if not readings:
+        raise UsageError("compare needs two campaigns", USAGE["compare"])
+    for names, tail in readings:
+        pair = _two_campaigns(ctx, names)
+        if pair is not None:
+            break
+    else:
+        names, tail = readings[0]
+        if len(names) != 2:   # two words: let the unknown one be named, with suggestions
             raise UsageError("which two campaigns? Put a name with spaces in quotes, e.g. "
                              '/kpi compare "spring sale" "autumn sale"', USAGE["compare"])
-        a, b = splits[0]
-    return _comparison_reply(ab.campaigns(ctx.store, a, b, metric, period, now=ctx.now_ts()))
+        pair = (names[0].text, names[1].text)
+    metric, period = _options(ctx, tail)
+    return _comparison_reply(ab.campaigns(ctx.store, *pair, metric, period, now=ctx.now_ts()))
 
 
 def cmd_top(ctx: Context, args: list[Token]) -> Reply:

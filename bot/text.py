@@ -400,7 +400,9 @@ def leaderboard(b) -> str:
         small = b.not_ranked.get(ch, [])
         if small:
             from metrics.leaderboard import floor
-            out.append(f"Not ranked (fewer than {floor(k)} {k.definition.split(' / ')[-1]}): "
+            of = k.definition.split(" / ")[-1]
+            why = f"fewer than {floor(k)} {of}" if floor(k) else f"no {of} recorded"
+            out.append(f"Not ranked ({why}): "
                        + ", ".join(f"{e.campaign} ({fmt_value(e.value)}, "
                                    f"{fraction(e.value) or 'no data'})"
                                    for e in small))

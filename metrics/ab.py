@@ -6,8 +6,9 @@ with a two-proportion z-test (pooled, two-sided); with more than two arms the p-
 the largest of those tests times their number (Bonferroni), so three or four variants do
 not make a chance lead look real. A winner is named only when that p-value is under 5%
 *and* every arm has enough volume: at least ``MIN_ARM`` in the denominator, and at least
-``MIN_EVENTS`` successes and as many failures in each arm (below that the normal
-approximation the test rests on does not hold). Until then the verdict says who leads and
+``MIN_EVENTS`` successes and as many failures *expected* in each arm at the pooled rate
+(below that the normal approximation the test rests on does not hold). An arm with no
+trials at all blocks a winner too: it is part of the test that was asked for. Until then the verdict says who leads and
 about how much more volume each arm needs (a two-proportion sample size at 95% and 80%
 power, for the difference seen so far).
 """
@@ -135,9 +136,9 @@ class Comparison:
         return _noun(self.metric)
 
     def as_json(self) -> dict:
-        key = "variant" if self.kind == "variants" else "campaign"
+        key = "variant"   # the contract's key; for compare, the campaign's name
         out = {"metric": self.metric.name, "definition": self.metric.definition,
-               "better": "lower" if self.metric.good == "down" else "higher",
+               "better": {"up": "higher", "down": "lower"}.get(self.metric.good),
                "variants": [a.as_json(key) for a in self.arms],
                "p_value": self.p_value, "winner": self.winner, "verdict": self.verdict,
                "leader": self.leader, "more_per_arm_needed": self.needed_per_arm,
@@ -170,10 +171,11 @@ def judge(c: Comparison) -> Comparison:
     down = c.metric.good == "down"
     pct = lambda v: f"{v * 100:.2f}%"   # noqa: E731
     empty = [a.label for a in c.arms if not a.denominator]
+    where = " in this period" if c.period is not None else ""
+    no_data = (f"{', '.join(empty)} {'has' if len(empty) == 1 else 'have'} no {c.noun}{where}"
+               if empty else "")
     if len(arms) < 2:
-        c.verdict = ("Nothing to compare: " + (
-            f"{', '.join(empty)} {'has' if len(empty) == 1 else 'have'} no {c.noun} "
-            "in this period" if empty else "only one arm has data") + ".")
+        c.verdict = "Nothing to compare: " + (no_data or "only one arm has data") + "."
         return c
     ranked = sorted(arms, key=lambda a: (a.value if not down else -a.value, a.denominator),
                     reverse=True)
@@ -190,27 +192,31 @@ def judge(c: Comparison) -> Comparison:
     n = sample_size(lead.value, runner.value, ALPHA / tests)
     have = min(lead.denominator, runner.denominator)
     c.needed_per_arm = None if n is None else max(0, n - have)
-    small = [a for a in arms if a.denominator < MIN_ARM or min(
-        a.numerator, a.denominator - a.numerator) < MIN_EVENTS]
+    pooled = sum(a.numerator for a in arms) / sum(a.denominator for a in arms)
+    small = [a for a in arms if a.denominator < MIN_ARM
+             or min(pooled, 1 - pooled) * a.denominator < MIN_EVENTS]
     p_txt = f"p = {c.p_value:.3f}" if c.p_value >= 0.001 else "p < 0.001"
-    vs = (f"{pct(lead.value)} against {pct(runner.value)} for {runner.label}"
-          + (f" ({'lower' if down else 'higher'} is better)" if down else ""))
-    if c.p_value < ALPHA and not small:
+    vs = f"{pct(lead.value)} against {pct(runner.value)} for {runner.label}"
+    notes = p_txt + ("; lower is better" if down else "")
+    if c.p_value < ALPHA and not small and not empty:
         c.winner = lead.label
-        c.verdict = f"{lead.label} wins: {vs} ({p_txt}" + (
-            f", {tests} comparisons accounted for" if tests > 1 else "") + ")."
+        c.verdict = f"{lead.label} wins: {vs} ({notes}" + (
+            f"; {tests} comparisons accounted for" if tests > 1 else "") + ")."
         return c
     more = ""
     if c.needed_per_arm:
         more = f": about {c.needed_per_arm:,} more {c.noun} per arm needed"
-    if c.p_value < ALPHA:
+    if c.p_value < ALPHA and empty:
+        c.verdict = (f"{lead.label} leads, {vs} ({notes}), but {no_data}: a winner needs "
+                     f"every arm compared.")
+    elif c.p_value < ALPHA:
         few = small[0]
-        c.verdict = (f"{lead.label} leads, {vs} ({p_txt}), but {few.label} has too little "
-                     f"volume to call it ({few.denominator:,} {c.noun}, {few.numerator:,} "
-                     f"counted; a winner needs at least {MIN_ARM} {c.noun} and "
-                     f"{MIN_EVENTS} of each outcome per arm).")
+        c.verdict = (f"{lead.label} leads, {vs} ({notes}), but {few.label} has too little "
+                     f"volume to call it ({few.numerator:,} of {few.denominator:,} {c.noun}; "
+                     f"a winner needs at least {MIN_ARM} {c.noun} per arm, and enough of them "
+                     f"that {MIN_EVENTS} of each outcome are expected at the overall rate).")
     else:
-        c.verdict = f"{lead.label} leads, not yet significant ({vs}, {p_txt}){more}."
+        c.verdict = f"{lead.label} leads, not yet significant ({vs}, {notes}){more}."
     return c
 
 
@@ -226,18 +232,17 @@ def variants(store: Store, campaign: str | Campaign, metric: str | None = None,
              period: Period | None = None, *, now: int | None = None) -> Comparison:
     """`/kpi ab <campaign> [metric]`: the campaign's variants on one rate."""
     camp = campaign if isinstance(campaign, Campaign) else find_campaign(store, campaign)
-    rep = report(store, camp, period, "variant", now=now)
-    channel = _channel(rep.channels, camp, metric)
+    rep = report(store, camp, period, "variant", now=now, with_benchmarks=False)
+    # a campaign with SMS and calls: the channel the named rate belongs to, and of those
+    # the first with two variants or more
+    candidates = [ch for ch in rep.channels
+                  if metric is None or metric in {k.name for k in proportions(ch)}] \
+        or rep.channels[:1]
+    split = {ch: _arms(rep, ch) for ch in candidates}
+    channel = next((ch for ch in candidates if len(split[ch][0]) >= 2), candidates[0])
     k = rate_for(channel, camp.goal, metric)
-    arms, left = [], []
-    for label, sections in rep.breakdown:
-        sec = sections.get(channel)
-        if sec is None:
-            continue
-        if label in (NO_VARIANT, DAILY_KEY):
-            left.append(label)
-            continue
-        arms.append(Arm(label, *_counts(k, sec.counters)))
+    rows, left = split[channel]
+    arms = [Arm(label, *_counts(k, counters)) for label, counters in rows]
     if len(arms) < 2:
         have = f"only variant {arms[0].label}" if arms else "no variants"
         raise NotComparable(
@@ -247,6 +252,20 @@ def variants(store: Store, campaign: str | Campaign, metric: str | None = None,
                             arms, left_out=left))
 
 
+def _arms(rep, channel: str) -> tuple[list[tuple[str, dict]], list[str]]:
+    """A variant breakdown's arms in one channel (label, counters), and what is left out."""
+    arms, left = [], []
+    for label, sections in rep.breakdown:
+        sec = sections.get(channel)
+        if sec is None:
+            continue
+        if label in (NO_VARIANT, DAILY_KEY):
+            left.append(label)
+        else:
+            arms.append((label, sec.counters))
+    return arms, left
+
+
 def campaigns(store: Store, a: str | Campaign, b: str | Campaign, metric: str | None = None,
               period: Period | None = None, *, now: int | None = None) -> Comparison:
     """`/kpi compare a b [metric]`: two campaigns on one rate."""
@@ -254,7 +273,8 @@ def campaigns(store: Store, a: str | Campaign, b: str | Campaign, metric: str | 
     cb = b if isinstance(b, Campaign) else find_campaign(store, b)
     if ca.id == cb.id:
         raise NotComparable(f"both names are '{ca.name}': name two different campaigns.")
-    ra, rb = report(store, ca, period, now=now), report(store, cb, period, now=now)
+    ra = report(store, ca, period, now=now, with_benchmarks=False)
+    rb = report(store, cb, period, now=now, with_benchmarks=False)
     shared = [ch for ch in ra.channels if ch in rb.channels]
     if not shared:
         raise NotComparable(f"'{ca.name}' ({', '.join(ra.channels)}) and '{cb.name}' "

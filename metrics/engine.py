@@ -11,7 +11,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from . import benchmarks, kpis
-from .errors import KpiBotError, UnknownCampaign
+from .errors import KpiBotError, NoData, UnknownCampaign
 from .names import name_key
 from .periods import Period
 from .rollup import CALL, KINDS, MESSAGE, SLOT, Kind, slot_sql
@@ -380,8 +380,10 @@ def _label(dim: str, key, tz: dt.tzinfo) -> str:
 
 
 def report(store: Store, campaign: str | Campaign, period: Period | None = None,
-           by: str | None = None, *, now: int | None = None) -> Report:
-    """Everything `/kpi <campaign> [period] [by D]` shows."""
+           by: str | None = None, *, now: int | None = None,
+           with_benchmarks: bool = True) -> Report:
+    """Everything `/kpi <campaign> [period] [by D]` shows (``with_benchmarks``: and the
+    benchmarks beside its KPIs, which reads the team's benchmarks file)."""
     tz_name = store.timezone()
     tz = zone(tz_name)
     camp = campaign if isinstance(campaign, Campaign) else find_campaign(store, campaign)
@@ -393,7 +395,7 @@ def report(store: Store, campaign: str | Campaign, period: Period | None = None,
     if whole:
         ext = reader.extent()
         if ext is None:
-            raise KpiBotError(f"'{camp.name}' has no data yet: import its export with "
+            raise NoData(f"'{camp.name}' has no data yet: import its export with "
                               "`kpibot import FILE --campaign NAME`.")
         period = Period(ext[0], ext[1], "whole campaign")
     current = {ch: _section(reader, ch, reader.grouped(ch, period.start, period.end, None)
@@ -411,7 +413,8 @@ def report(store: Store, campaign: str | Campaign, period: Period | None = None,
     trend = [(_label(tdim, k, tz), {ch: per_channel[ch].get(k, {}) for ch in channels})
              for k in keys]
     rep = Report(camp, period, whole, tz_name, current, previous, prev_period, unit, trend)
-    rep.benchmarks = benchmarks.load(store.path)
+    if with_benchmarks:
+        rep.benchmarks = benchmarks.load(store.path)
     if by is not None:
         rep.dim = by
         # a dimension of one channel only (disposition, error) breaks down that channel

@@ -50,6 +50,10 @@ class MappingError(KpiBotError):
     """A mapping file is malformed or does not fit the file it maps."""
 
 
+class NoData(KpiBotError):
+    """A campaign exists but has no events or totals yet."""
+
+
 class UnknownCampaign(KpiBotError):
     """No campaign by that name; carries the closest matches."""
 

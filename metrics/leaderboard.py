@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from . import kpis
 from .engine import Campaign, report
-from .errors import KpiBotError
+from .errors import KpiBotError, NoData
 from .periods import Period
 from .store import Store
 
@@ -46,7 +46,8 @@ class Board:
                     "start": self.period.start, "end": self.period.end,
                     "label": self.period.label},
                 "channels": {ch: {"definition": self.kpi[ch].definition,
-                                  "better": "lower" if self.kpi[ch].good == "down" else "higher",
+                                  "better": {"up": "higher", "down": "lower"}.get(
+                                      self.kpi[ch].good),
                                   "ranked": [e.as_json(i + 1) for i, e in enumerate(entries)],
                                   "not_ranked": [e.as_json(None)
                                                  for e in self.not_ranked.get(ch, [])]}
@@ -72,8 +73,8 @@ def top(store: Store, metric: str, period: Period | None = None, *,
         "SELECT id, name, channel, goal FROM campaigns ORDER BY name_key")]
     for camp in camps:
         try:
-            rep = report(store, camp, period, now=now)
-        except KpiBotError:      # no data at all yet
+            rep = report(store, camp, period, now=now, with_benchmarks=False)
+        except NoData:           # nothing imported for it yet
             continue
         for ch, sec in rep.current.items():
             if ch not in kpi or not sec.volume:

@@ -2,6 +2,7 @@
 and `/kpi ab` / `/kpi compare` end to end on imported files."""
 import datetime as dt
 import json
+import zlib
 
 import pytest
 from scipy.stats import chi2_contingency
@@ -17,15 +18,17 @@ NOW = int(dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc).timestamp())
 
 
 def events(arms: dict, campaign: str = "spring-sale", day: str = "2026-10-05",
-           undelivered: int = 0) -> str:
-    """A message-events file: per variant, (delivered, converted, opted_out) rows."""
+           undelivered: int = 0, tag: str = "") -> str:
+    """A message-events file: per variant, (delivered, converted, opted_out) rows. Message
+    ids differ by campaign and ``tag`` (a second file of the same campaign needs one)."""
     lines, n = [HEADER], 0
     for variant, (delivered, converted, opted) in arms.items():
         for i in range(delivered + undelivered):
             n += 1
             status = "delivered" if i < delivered else "undelivered"
             lines.append(
-                f"{campaign},SM{campaign[:3]}{variant or 'x'}{n:06d},{day}T10:{n % 60:02d}:00Z,"
+                f"{campaign},SM{zlib.crc32(campaign.encode()):08x}{tag}{variant or 'x'}{n:06d},"
+                f"{day}T10:{n % 60:02d}:00Z,"
                 f"+1415555{n % 10000:04d},{status},,outbound,Hi,0.01,USD,1,0,"
                 f"{int(i < converted)},,{int(converted <= i < converted + opted)},0,0,new,"
                 f"{variant}")
@@ -76,13 +79,23 @@ def test_winner_needs_significance():
 
 
 def test_winner_needs_volume_in_every_arm():
-    # significant, but one arm has fewer than 100 deliveries
-    c = _judge("conversion_rate", ("A", 2, 90), ("B", 300, 1000))
+    # significant, and enough of each outcome expected, but A has fewer than 100 deliveries
+    c = _judge("conversion_rate", ("A", 10, 90), ("B", 300, 1000))
     assert c.p_value < 0.05 and c.winner is None
-    assert "A has too little volume" in c.verdict
-    # and fewer than 5 conversions is too few as well
-    c = _judge("conversion_rate", ("A", 4, 2000), ("B", 40, 2000))
-    assert c.p_value < 0.05 and c.winner is None
+    assert "A has too little volume" in c.verdict and "10 of 90 deliveries" in c.verdict
+    # significant, but at the overall rate (3.3%) each arm expects 4 conversions, not 5
+    c = _judge("conversion_rate", ("A", 0, 120), ("B", 8, 120))
+    assert c.p_value < 0.05 and c.winner is None and "too little volume" in c.verdict
+    # the expected count is what matters: a leader with no opt-outs at all can win
+    c = _judge("opt_out_rate", ("A", 0, 5000), ("B", 50, 5000))
+    assert c.winner == "A" and c.verdict.startswith("A wins: 0.00% against 1.00% for B")
+
+
+def test_an_arm_without_data_blocks_a_winner():
+    c = _judge("conversion_rate", ("A", 50, 1000), ("B", 90, 1000), ("C", 0, 0))
+    assert c.p_value < 0.05 and c.winner is None and c.leader == "B"
+    assert "but C has no deliveries: a winner needs every arm compared" in c.verdict
+    assert "in this period" not in c.verdict       # no period was asked for
 
 
 def test_more_arms_are_corrected_for():
@@ -93,11 +106,14 @@ def test_more_arms_are_corrected_for():
     assert two.winner == "B" and 0.01 < two.p_value < 0.05
     assert three.winner is None and three.p_value == pytest.approx(
         2 * max(ab.z_test(73, 1000, 50, 1000), ab.z_test(73, 1000, 52, 1000)))
+    # and the volume still needed is for the stricter level (5% over two tests)
+    assert three.needed_per_arm == ab.sample_size(0.073, 0.052, ab.ALPHA / 2) - 1000
+    assert ab.sample_size(0.073, 0.052, ab.ALPHA / 2) > ab.sample_size(0.073, 0.052)
 
 
 def test_lower_is_better_for_opt_outs():
     c = _judge("opt_out_rate", ("A", 40, 2000), ("B", 12, 2000))
-    assert c.winner == "B" and "(lower is better)" in c.verdict
+    assert c.winner == "B" and "(p < 0.001; lower is better)" in c.verdict
 
 
 def test_equal_rates_and_empty_arms():
@@ -142,7 +158,7 @@ def test_ab_with_a_period_and_the_goal(store, write):
     import_file(store, write("e1.csv", events({"A": (300, 30, 0), "B": (300, 10, 0)},
                                               day="2026-09-01")))
     import_file(store, write("e2.csv", events({"A": (400, 8, 0), "B": (400, 40, 0)},
-                                              day="2026-10-20").replace("SMspr", "SMoct")))
+                                              day="2026-10-20", tag="oct")))
     _, whole = ask(store, "/kpi ab spring-sale")
     assert {v["variant"]: v["numerator"] for v in whole["variants"]} == {"A": 38, "B": 50}
     _, late = ask(store, "/kpi ab spring-sale 2026-10-01")
@@ -158,7 +174,7 @@ def test_compare_two_campaigns(store, write):
     import_file(store, write("b.csv", events({"A": (1500, 45, 0)}, campaign="autumn")))
     reply, data = ask(store, '/kpi compare "spring sale" autumn')
     assert reply.ok and data["campaigns"] == ["spring sale", "autumn"]
-    assert [(v["campaign"], v["numerator"], v["denominator"]) for v in data["variants"]] == [
+    assert [(v["variant"], v["numerator"], v["denominator"]) for v in data["variants"]] == [
         ("spring sale", 90, 1500), ("autumn", 45, 1500)]
     assert data["winner"] == "spring sale"
     # names of several words without quotes, when only one split names two campaigns
@@ -186,3 +202,50 @@ def test_comparison_chart_renders_every_state(store, write):
                  [("春の新商品", 10, 1000), ("весна", 10, 1000)]):
         c = ab.judge(ab.Comparison("variants", "c", k, None, [ab.Arm(*a) for a in arms]))
         assert charts.comparison(c).startswith(b"\x89PNG")
+
+
+def calls(arms: dict, campaign: str) -> str:
+    """A call-events file: per variant, (answered, converted) of 2x as many dialed."""
+    lines = ["campaign,call_id,started_at,recipient,direction,status,answered_by,duration_s,"
+             "disposition,abandoned,converted,revenue,cost,currency,agent,segment,variant"]
+    n = 0
+    for variant, (answered, converted) in arms.items():
+        for i in range(2 * answered):
+            n += 1
+            status = "completed" if i < answered else "no-answer"
+            lines.append(f"{campaign},CA{variant}{n:06d},2026-10-05T10:{n % 60:02d}:00Z,"
+                         f"+1415555{n % 10000:04d},outbound,{status},human,60,,0,"
+                         f"{int(i < converted)},,0.01,USD,ann,new,{variant}")
+    return "\n".join(lines) + "\n"
+
+
+def test_a_campaign_with_sms_and_calls_is_tested_where_its_variants_are(store, write):
+    import_file(store, write("s.csv", events({"": (500, 20, 0)}, campaign="mixed")))
+    import_file(store, write("c.csv", calls({"A": (300, 30), "B": (300, 75)}, "mixed")))
+    reply, data = ask(store, "/kpi ab mixed")
+    assert reply.ok and data["definition"] == "conversions / answered"
+    assert {v["variant"]: v["numerator"] for v in data["variants"]} == {"A": 30, "B": 75}
+    assert data["winner"] == "B" and "answered calls" in reply.text
+
+
+def test_metric_and_period_in_any_order_and_names_that_look_like_them(store, write):
+    import_file(store, write("a.csv", events({"A": (300, 10, 0), "B": (300, 30, 0)},
+                                             campaign="holiday revenue")))
+    import_file(store, write("r.csv", events({"A": (300, 10, 0)}, campaign="reach")))
+    import_file(store, write("v.csv", events({"A": (300, 20, 0)}, campaign="Весна 2026")))
+    for command in ("/kpi ab holiday revenue", "/kpi ab holiday revenue ctr 2026-10-01",
+                    "/kpi ab holiday revenue 2026-10-01 ctr"):
+        reply, data = ask(store, command)
+        assert reply.ok and data["campaign"] == "holiday revenue", (command, reply.text)
+    _, data = ask(store, "/kpi ab holiday revenue 2026-10-01 ctr")
+    assert data["metric"] == "ctr" and data["period"]["label"] == "since 2026-10-01"
+    reply, data = ask(store, '/kpi compare reach "Весна 2026" 2026-10-01 conversion_rate')
+    assert reply.ok and data["campaigns"] == ["reach", "Весна 2026"], reply.text
+    assert [v["numerator"] for v in data["variants"]] == [10, 20]
+
+
+def test_a_range_of_two_dates(store, write):
+    import_file(store, write("a.csv", events({"A": (300, 10, 0), "B": (300, 30, 0)})))
+    _, data = ask(store, "/kpi ab spring-sale 2026-10-01 2026-10-31 ctr")
+    assert data["metric"] == "ctr" and "2026-10-31" in data["period"]["label"]
+    assert data["period"]["end"] - data["period"]["start"] == 31 * 86400

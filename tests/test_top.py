@@ -70,3 +70,14 @@ def test_counts_and_money_rank_without_a_floor(three):
 def test_clear_errors(three, command, says):
     reply, _ = ask(three, command)
     assert not reply.ok and says in reply.text
+
+
+def test_roi_and_cost(store, write):
+    import_file(store, write("a.csv", events({"A": (300, 10, 0)}, campaign="paid")))
+    import_file(store, write("f.csv", events({"A": (300, 10, 0)}, campaign="free")
+                             .replace(",0.01,USD,", ",0,USD,")))
+    reply, data = ask(store, "/kpi top roi")
+    assert [e["campaign"] for e in data["channels"]["sms"]["not_ranked"]] == ["free"]
+    assert "Not ranked (no cost recorded): free" in reply.text
+    _, data = ask(store, "/kpi top cost")
+    assert data["channels"]["sms"]["better"] is None
