@@ -216,7 +216,8 @@ def judge(c: Comparison) -> Comparison:
                      f"a winner needs at least {MIN_ARM} {c.noun} per arm, and enough of them "
                      f"that {MIN_EVENTS} of each outcome are expected at the overall rate).")
     else:
-        c.verdict = f"{lead.label} leads, not yet significant ({vs}, {notes}){more}."
+        c.verdict = (f"{lead.label} leads, not yet significant ({vs}, {notes}){more}."
+                     + (f" ({no_data[0].upper()}{no_data[1:]}.)" if empty else ""))
     return c
 
 

@@ -96,6 +96,8 @@ def test_an_arm_without_data_blocks_a_winner():
     assert c.p_value < 0.05 and c.winner is None and c.leader == "B"
     assert "but C has no deliveries: a winner needs every arm compared" in c.verdict
     assert "in this period" not in c.verdict       # no period was asked for
+    c = _judge("conversion_rate", ("A", 50, 1000), ("B", 55, 1000), ("C", 0, 0))
+    assert c.winner is None and c.verdict.endswith("(C has no deliveries.)")
 
 
 def test_more_arms_are_corrected_for():
