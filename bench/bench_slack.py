@@ -21,7 +21,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.app import Settings  # noqa: E402
+from bot.deps import Settings  # noqa: E402
 from bot.serve import Background, http_server  # noqa: E402
 from metrics.store import Store  # noqa: E402
 from tests.fake_slack import FakeSlack  # noqa: E402

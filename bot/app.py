@@ -1,131 +1,23 @@
-"""The Slack app: settings, the Web API client, and an app factory that registers the
-listener modules (``bot.listeners``), as Bolt's starter template does.
+"""The Slack app: an app factory that registers the listener modules (``bot.listeners``),
+as Bolt's starter template does; nothing else.
 
     app = create_app(Settings.from_env(), store_factory=lambda: Store.open(db))
 
-Everything the listeners need is passed in, so tests run the real app against a local
-server that plays Slack's Web API.
+Everything the listeners need is passed in (``bot.deps``), so tests run the real app
+against a local server that plays Slack's Web API.
 """
 from __future__ import annotations
 
-import logging
-import os
-import re
-import threading
-from dataclasses import dataclass, field
 from typing import Callable
 
 from slack_bolt import App
 from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import (ConnectionErrorRetryHandler,
-                                                   RateLimitErrorRetryHandler,
-                                                   ServerErrorRetryHandler)
-from slack_sdk.webhook import WebhookClient
 
 from metrics.store import Store
 
-DEFAULT_API_URL = "https://slack.com/api/"
-TIMEOUT_S = 10
-
-# Every Web API method the code calls, and the bot scope it needs (None: no scope).
-# manifest.yml must ask for exactly these scopes; tests check both ways.
-METHOD_SCOPES = {
-    "auth.test": None,
-    "apps.connections.open": None,     # Socket Mode, with the app-level token's connections:write
-    "chat.postMessage": "chat:write",
-    "files.getUploadURLExternal": "files:write",
-    "files.completeUploadExternal": "files:write",
-    "users.info": "users:read",
-    "usergroups.users.list": "usergroups:read",
-}
-COMMAND_SCOPE = "commands"
-
-
-@dataclass(frozen=True)
-class Settings:
-    bot_token: str | None = None
-    signing_secret: str | None = None
-    app_token: str | None = None           # Socket Mode when set
-    api_url: str = DEFAULT_API_URL
-    admins: frozenset[str] = field(default_factory=frozenset)   # user (U…/W…) or group (S…) ids
-    timeout: int = TIMEOUT_S
-
-    @classmethod
-    def from_env(cls) -> "Settings":
-        admins = frozenset(a.strip() for a in os.environ.get("KPIBOT_ADMINS", "").split(",")
-                           if a.strip())
-        url = os.environ.get("SLACK_API_URL") or DEFAULT_API_URL
-        return cls(bot_token=os.environ.get("SLACK_BOT_TOKEN"),
-                   signing_secret=os.environ.get("SLACK_SIGNING_SECRET"),
-                   app_token=os.environ.get("SLACK_APP_TOKEN"),
-                   api_url=url if url.endswith("/") else url + "/", admins=admins)
-
-    def __repr__(self) -> str:   # never print a secret
-        return (f"Settings(api_url={self.api_url!r}, admins={sorted(self.admins)}, "
-                f"socket_mode={bool(self.app_token)})")
-
-
-def retry_handlers() -> list:
-    """429 (honouring Retry-After), connection errors and 5xx are retried."""
-    return [RateLimitErrorRetryHandler(max_retry_count=3),
-            ConnectionErrorRetryHandler(max_retry_count=2),
-            ServerErrorRetryHandler(max_retry_count=2)]
-
-
-def web_client(settings: Settings) -> WebClient:
-    return WebClient(token=settings.bot_token, base_url=settings.api_url,
-                     timeout=settings.timeout, retry_handlers=retry_handlers())
-
-
-def webhook(url: str, timeout: int = TIMEOUT_S) -> WebhookClient:
-    """A response_url client with the same timeout and retries as the Web API client
-    (Bolt's own ``respond`` has neither)."""
-    return WebhookClient(url=url, timeout=timeout, retry_handlers=retry_handlers())
-
-
-class StorePerThread:
-    """One Store (SQLite connection) per worker thread, opened on first use."""
-
-    def __init__(self, factory: Callable[[], Store]):
-        self.factory = factory
-        self.local = threading.local()
-
-    def __call__(self) -> Store:
-        store = getattr(self.local, "store", None)
-        if store is None:
-            store = self.local.store = self.factory()
-        return store
-
-
-_SECRET = re.compile(r"xox[a-z]-[A-Za-z0-9-]+|xapp-[A-Za-z0-9-]+|"
-                     r"(?i:(authorization|token|client_secret)[\"']?\s*[:=]\s*[\"']?)[^\s\"',&]+")
-
-
-class RedactSecrets(logging.Filter):
-    """Tokens never reach a log: Slack tokens and bearer values are masked in every
-    record, whatever library wrote it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        msg = record.getMessage()
-        clean = _SECRET.sub(lambda m: (m.group(1) or "") + "[redacted]" if m.group(1)
-                            else "[redacted]", msg)
-        if clean != msg:
-            record.msg, record.args = clean, ()
-        return True
-
-
-def install_redaction() -> None:
-    flt = RedactSecrets()
-    root = logging.getLogger()
-    if not any(isinstance(f, RedactSecrets) for f in root.filters):
-        root.addFilter(flt)
-    for handler in root.handlers:
-        if not any(isinstance(f, RedactSecrets) for f in handler.filters):
-            handler.addFilter(flt)
-    for name in ("slack_bolt", "slack_sdk", "slack_bolt.App", "waitress"):
-        lg = logging.getLogger(name)
-        if not any(isinstance(f, RedactSecrets) for f in lg.filters):
-            lg.addFilter(flt)
+from . import listeners
+from .deps import Deps, Settings, StorePerThread, web_client
+from .logs import install_redaction
 
 
 def create_app(settings: Settings, store_factory: Callable[[], Store],
@@ -136,14 +28,5 @@ def create_app(settings: Settings, store_factory: Callable[[], Store],
     # the client carries the bot token (Bolt takes it from there)
     app = App(signing_secret=settings.signing_secret, client=client or web_client(settings),
               name="kpibot")
-    from . import listeners
     listeners.register(app, Deps(settings, StorePerThread(store_factory)))
     return app
-
-
-@dataclass
-class Deps:
-    """What listeners get besides Bolt's arguments."""
-
-    settings: Settings
-    store: Callable[[], Store]

@@ -9,7 +9,7 @@ from slack_sdk.models.blocks import (ActionsBlock, Block, ButtonElement, Context
 
 from metrics import kpis
 
-from . import text
+from . import mrkdwn, text
 from .command import Reply
 
 MAX_BLOCKS = 50
@@ -18,15 +18,17 @@ HEADER_TEXT = 150
 FIELDS = 10
 FALLBACK_TEXT = 3000
 SHARE_ACTION = "kpi_share"
+SNOOZE_ACTION = "alert_snooze"
+MUTE_ACTION = "alert_mute"
 
 
 def _cut(s: str, n: int) -> str:
     return s if len(s) <= n else s[: n - 1] + "…"
 
 
-def _escape(s: str) -> str:
-    """Slack's three control characters in mrkdwn."""
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+def _md(s: str, limit: int, links: frozenset[str] = frozenset()) -> str:
+    """Text from data or a request as mrkdwn (``bot.mrkdwn``), within ``limit``."""
+    return mrkdwn.cut(mrkdwn.escape(s, links), limit)
 
 
 def _code_sections(body: str, title: str | None = None) -> list[Block]:
@@ -34,9 +36,9 @@ def _code_sections(body: str, title: str | None = None) -> list[Block]:
     out: list[Block] = []
     chunk: list[str] = []
     size = 0
-    head = f"*{_escape(title)}*\n" if title else ""
+    head = f"*{_md(title, 200)}*\n" if title else ""
     for line in body.splitlines():
-        line = _cut(_escape(line), SECTION_TEXT - 20 - len(head))
+        line = mrkdwn.cut(mrkdwn.code(line), SECTION_TEXT - 20 - len(head))
         if size + len(line) + 1 > SECTION_TEXT - 10 - len(head):
             out.append(SectionBlock(text=MarkdownTextObject(text=head + "```" + "\n".join(chunk)
                                                              + "```")))
@@ -51,17 +53,18 @@ def _code_sections(body: str, title: str | None = None) -> list[Block]:
 
 def _metric_field(k: kpis.Kpi, v: kpis.Value, before: kpis.Value | None, currency,
                   headline: bool = False, bench=None) -> MarkdownTextObject:
-    lines = [f"{'★ ' if headline else ''}*{k.label}*", f"{text.fmt_value(v, currency)}"]
+    lines = [f"{text.fmt_value(v, currency)}"]
     frac = text.fraction(v)
     if frac:
-        lines[1] += f"  ({frac})"
+        lines[0] += f"  ({frac})"
     if before is not None:
         ch = text.change(v, before, k.good)
         if ch:
             lines.append(ch)
     if bench is not None:
         lines.append(text.benchmark_cell(bench, v, k))
-    return MarkdownTextObject(text=_cut(_escape("\n".join(lines)), 2000))
+    return MarkdownTextObject(text=f"{'★ ' if headline else ''}*{k.label}*\n"
+                              + _md("\n".join(lines), 1900))
 
 
 def card_blocks(reply: Reply, command: str, share: bool = True) -> list[Block]:
@@ -69,11 +72,12 @@ def card_blocks(reply: Reply, command: str, share: bool = True) -> list[Block]:
     c = rep.campaign
     channels = " + ".join(text.CHANNEL_NAME[ch] for ch in rep.channels)
     blocks: list[Block] = [
-        HeaderBlock(text=PlainTextObject(text=_cut(f"{c.name} · {channels}", HEADER_TEXT))),
-        ContextBlock(elements=[MarkdownTextObject(text=_cut(_escape(
+        HeaderBlock(text=PlainTextObject(text=_cut(mrkdwn.plain(f"{c.name} · {channels}"),
+                                                  HEADER_TEXT))),
+        ContextBlock(elements=[MarkdownTextObject(text=_md(
             text.period_text(rep) + (f" · compared with {rep.previous_period.label}"
                                      if rep.previous else "")
-            + (f" · goal: {c.goal}" if c.goal else "")), 2000))]),
+            + (f" · goal: {c.goal}" if c.goal else ""), 2000))]),
     ]
     for ch in rep.channels:
         sec = rep.current[ch]
@@ -91,12 +95,11 @@ def card_blocks(reply: Reply, command: str, share: bool = True) -> list[Block]:
         sources = text.benchmark_sources(rep, ch)
         if sources:
             blocks.append(ContextBlock(elements=[MarkdownTextObject(
-                text=_cut(_escape("Benchmarks: " + sources), 2000))]))
+                text=_md("Benchmarks: " + sources, 2000))]))
         if sec.dispositions:
-            blocks.append(SectionBlock(text=MarkdownTextObject(text=_cut(_escape(
-                "*Dispositions*: " + ", ".join(f"{n} {k:,} ({s * 100:.0f}%)"
-                                               for n, k, s in sec.dispositions[:10])),
-                SECTION_TEXT))))
+            blocks.append(SectionBlock(text=MarkdownTextObject(text="*Dispositions*: " + _md(
+                ", ".join(f"{n} {k:,} ({s * 100:.0f}%)" for n, k, s in sec.dispositions[:10]),
+                SECTION_TEXT - 20))))
     if rep.dim:
         blocks.append(DividerBlock())
         blocks += _code_sections(text.breakdown_table(rep), f"By {rep.dim}")
@@ -107,15 +110,15 @@ def card_blocks(reply: Reply, command: str, share: bool = True) -> list[Block]:
     return blocks
 
 
-def text_blocks(body: str) -> list[Block]:
+def text_blocks(body: str, links: frozenset[str] = frozenset()) -> list[Block]:
     """Help, lists and errors: prose stays prose; tables are monospaced."""
     if "  " in body and "\n" in body:      # an aligned table or usage: keep the columns
         first, _, rest = body.partition("\n")
         if "  " in first:                    # the table starts at once (its header row)
             return _code_sections(body)
-        return [SectionBlock(text=MarkdownTextObject(text=_cut(_escape(first), SECTION_TEXT)))] \
+        return [SectionBlock(text=MarkdownTextObject(text=_md(first, SECTION_TEXT, links)))] \
             + _code_sections(rest)
-    return [SectionBlock(text=MarkdownTextObject(text=_cut(_escape(body), SECTION_TEXT)))]
+    return [SectionBlock(text=MarkdownTextObject(text=_md(body, SECTION_TEXT, links)))]
 
 
 def message(reply: Reply, command: str, *, share: bool = True) -> dict:
@@ -126,12 +129,12 @@ def message(reply: Reply, command: str, *, share: bool = True) -> dict:
     except Exception:
         import logging
         logging.getLogger(__name__).exception("blocks for /kpi %s failed", command[:200])
-        return {"text": _cut(reply.text, FALLBACK_TEXT)}
+        return {"text": fallback(reply.text, reply.links)}
 
 
 def _message(reply: Reply, command: str, share: bool) -> dict:
-    blocks = card_blocks(reply, command, share) if reply.report is not None else \
-        text_blocks(reply.text)
+    blocks = card_blocks(reply, command, share and reply.ok) if reply.report is not None \
+        else text_blocks(reply.text, reply.links)
     if len(blocks) > MAX_BLOCKS:
         blocks = blocks[: MAX_BLOCKS - 1] + [ContextBlock(elements=[MarkdownTextObject(
             text="… more than Slack shows in one message: use `kpibot ask` for all of it")])]
@@ -139,7 +142,13 @@ def _message(reply: Reply, command: str, share: bool) -> dict:
     for b in blocks:
         b.validate_json()       # raises SlackObjectFormationError past a limit
         dicts.append(b.to_dict())
-    return {"text": _cut(reply.text, FALLBACK_TEXT), "blocks": dicts}
+    return {"text": fallback(reply.text, reply.links), "blocks": dicts}
+
+
+def fallback(body: str, links: frozenset[str] = frozenset()) -> str:
+    """A message's top-level ``text`` (notifications, clients without blocks): Slack reads
+    it as mrkdwn too, so it is escaped like every other text."""
+    return _md(body, FALLBACK_TEXT, links)
 
 
 def digest_message(d, late: str | None = None) -> dict:
@@ -150,20 +159,19 @@ def digest_message(d, late: str | None = None) -> dict:
         {"type": "header", "text": {"type": "plain_text",
                                     "text": _cut(p["title"] + (" (late)" if late else ""),
                                                  HEADER_TEXT)}},
-        {"type": "context", "elements": [{"type": "mrkdwn", "text": _cut(_escape(
-            p["context"] + (f" · {late}" if late else "")), 2000)}]}]
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": _md(
+            p["context"] + (f" · {late}" if late else ""), 2000)}]}]
     if p["north"]:
         blocks.append({"type": "section", "text": {"type": "mrkdwn",
-                                                   "text": _cut("*" + _escape(p["north"]) + "*",
-                                                                SECTION_TEXT)}})
+                                                   "text": "*" + _md(p["north"], 2900) + "*"}})
     tail = []
     if p["movers"]:
-        tail.append("*Top movers*\n" + "\n".join(_escape(m) for m in p["movers"]))
+        tail.append("*Top movers*\n" + _md("\n".join(p["movers"]), SECTION_TEXT - 20))
     if p["alerts"]:
-        tail.append("*Alerts that fired*\n" + "\n".join(_escape(a) for a in p["alerts"][:30]))
+        tail.append("*Alerts that fired*\n" + _md("\n".join(p["alerts"][:30]), SECTION_TEXT - 30))
     room = MAX_BLOCKS - len(blocks) - len(tail) - 1      # one for "… and N more"
     chunk, shown = "", 0
-    lines = [_cut(_escape(ln), 500) for ln in p["lines"]] or ["No campaign had activity."]
+    lines = [_md(ln, 500) for ln in p["lines"]] or ["No campaign had activity."]
     for ln in lines:
         if len(chunk) + len(ln) + 1 > SECTION_TEXT:
             if room == 0:
@@ -183,5 +191,23 @@ def digest_message(d, late: str | None = None) -> dict:
                        "(`kpibot digest preview` lists them all)"}]})
     for t in tail:
         blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": _cut(t, SECTION_TEXT)}})
-    fallback = text.digest_text(d, late)
-    return {"text": _cut(fallback, FALLBACK_TEXT), "blocks": blocks}
+    return {"text": fallback(text.digest_text(d, late)), "blocks": blocks}
+
+
+def alert_message(payload: dict) -> dict:
+    """Text and Block Kit for one alert post (a claimed post's payload)."""
+    body = text.notice_text(payload)
+    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": _md(body, SECTION_TEXT)}}]
+    if payload["kind"] != "recovered":
+        value = f"{payload['rule_id']}:{payload['campaign_id']}"
+        blocks.append({"type": "actions", "elements": [
+            {"type": "button", "action_id": SNOOZE_ACTION, "value": value,
+             "text": {"type": "plain_text", "text": "Snooze 1 day"}},
+            {"type": "button", "action_id": MUTE_ACTION, "value": str(payload["rule_id"]),
+             "style": "danger", "text": {"type": "plain_text", "text": "Mute rule"},
+             "confirm": {"title": {"type": "plain_text", "text": "Mute this rule?"},
+                         "text": {"type": "plain_text",
+                                  "text": "It stops posting for every campaign until unmuted."},
+                         "confirm": {"type": "plain_text", "text": "Mute"},
+                         "deny": {"type": "plain_text", "text": "Cancel"}}}]})
+    return {"text": fallback(body), "blocks": blocks}

@@ -23,17 +23,57 @@ FORMAT_CHOICES = ("events", "calls", "daily", "twilio-messages", "twilio-calls")
 
 def _store(db: str | None):
     from metrics.store import Store
+    path = db or os.environ.get("KPIBOT_DB") or "kpibot.db"
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.meta["kpibot.db"] = path     # for _Main's messages
     try:
         return Store.open(db)
-    except Exception as exc:  # sqlite3 errors: unreadable file, not a database, ...
-        raise click.ClickException(f"cannot open the database {db or os.environ.get('KPIBOT_DB') or 'kpibot.db'}: {exc}")
+    except KpiBotError as exc:   # says what, where and what to do (read-only, not a database, ...)
+        raise click.ClickException(str(exc)) from None
+    except Exception as exc:
+        raise click.ClickException(f"cannot open the database {path}: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _environment_error(exc: Exception, db: str) -> str | None:
+    """One line for a failure of the machine rather than of kpibot (a full disk, a locked or
+    damaged database); None for anything else, whose traceback is wanted."""
+    import errno
+    import sqlite3
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        from metrics.store import no_space_message
+        return no_space_message(db, exc)
+    if type(exc) in (sqlite3.OperationalError, sqlite3.DatabaseError):
+        return f"database error in {db}: {_one_line(exc)}"
+    return None
+
+
+class _Main(click.Group):
+    """The command group: a kpibot error, or a full disk or a database error, that reaches
+    it is shown as one line with a non-zero exit, not as a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except KpiBotError as exc:
+            raise click.ClickException(str(exc)) from None
+        except Exception as exc:
+            db = ctx.meta.get("kpibot.db") or os.environ.get("KPIBOT_DB") or "kpibot.db"
+            message = _environment_error(exc, db)
+            if message is None:
+                raise
+            raise click.ClickException(message) from None
 
 
 db_option = click.option("--db", metavar="PATH", envvar="KPIBOT_DB",
                          help="SQLite database file (default: $KPIBOT_DB or ./kpibot.db).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="kpibot")
 def main() -> None:
     """Campaign KPIs for SMS and call campaigns, from your providers' exports."""
@@ -81,7 +121,7 @@ def import_cmd(files, fmt, campaign, mapping, skip_bad_rows, strict, dry_run, re
     """Import CSV exports: canonical events, calls, daily totals, Twilio logs, or any CSV
     through a mapping file. Each file lands whole or not at all; rows already imported
     are counted once."""
-    from metrics.errors import ImportRejected
+    from metrics.errors import ImportRejected, StoreError
     from metrics.importers import import_file
 
     if strict and skip_bad_rows:
@@ -95,6 +135,10 @@ def import_cmd(files, fmt, campaign, mapping, skip_bad_rows, strict, dry_run, re
             result = import_file(store, path, format=fmt, campaign=campaign, mapping=mapping,
                                  skip_bad_rows=skip_bad_rows, dry_run=dry_run,
                                  default_region=region, progress=progress)
+        except StoreError as exc:   # the database itself (full disk, read-only): stop here
+            progress.close()
+            store.close()
+            raise click.ClickException(f"{path.name}: {exc}") from None
         except ImportRejected as exc:
             progress.close()
             failed += 1
@@ -175,6 +219,7 @@ def _answer(text_in: str, db: str | None, as_json: bool, chart: Path | None,
     import json
 
     from .command import Context, run
+    from .text import file_name
     store = _store(db)
     try:
         reply = run(text_in, Context(store))
@@ -188,7 +233,7 @@ def _answer(text_in: str, db: str | None, as_json: bool, chart: Path | None,
                 if chart and i == 0:
                     path = chart
                 elif chart_dir:
-                    path = chart_dir / f"{name}.png"
+                    path = chart_dir / file_name(name)
                 else:
                     continue
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,7 +304,7 @@ def serve(port: int, host: str, db: str | None) -> None:
 
     from metrics.store import Store
 
-    from .app import Settings
+    from .deps import Settings
     from .serve import serve as run_server
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
@@ -289,7 +334,7 @@ def alerts_check(dry_run: bool, db: str | None) -> None:
     store = _store(db)
     try:
         if not dry_run:
-            from .app import Settings, web_client
+            from .deps import Settings, web_client
             from .jobs import check_alerts
             settings = Settings.from_env()
             if not settings.bot_token:

@@ -19,7 +19,7 @@ from metrics.periods import is_period, resolve
 from metrics.store import GOALS, Store
 from metrics.times import zone
 
-from . import text
+from . import mrkdwn, text
 
 USAGE = {
     "help": "/kpi help",
@@ -78,6 +78,7 @@ class Reply:
     data: dict
     ok: bool = True
     report: engine.Report | None = None
+    links: frozenset[str] = frozenset()     # channel ids the text may link to (<#C123>)
     # () -> [(name, png)]: the main chart; (every=True) -> all that apply
     charts: Callable[..., list[tuple[str, bytes]]] = field(default=lambda every=False: [])
 
@@ -85,13 +86,15 @@ class Reply:
 _QUOTES = {"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'", "\u00ab": '"',
            "\u00bb": '"', "\u201e": '"'}
 _ESCAPE = re.compile(r"<([#@!])([^>|]*)(?:\|([^>]*))?>")
+# control characters, and the zero-width space that copied Slack text can carry
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\ufdd0-\ufdef\ufffe\uffff]")
 
 
 def tokenize(raw: str) -> list[Token]:
     """Split command text into tokens: "quoted words" stay together (typographic quotes
     too, as phones type them), Slack's escapes become channel/user/group tokens, and
     ``&amp;`` style entities are decoded."""
-    s = (raw or "").strip()
+    s = _INVISIBLE.sub("", raw or "").strip()
     for q, plain in _QUOTES.items():
         s = s.replace(q, plain)
     tokens: list[Token] = []
@@ -193,12 +196,9 @@ def cmd_card(ctx: Context, args: list[Token]) -> Reply:
     except UnknownCampaign:
         # "/kpi spring-sale 7x": the name is a campaign, the rest is what is wrong
         for i in range(len(name_parts) - 1, 0, -1):
-            try:
-                engine.find_campaign(ctx.store, " ".join(name_parts[:i]))
-            except UnknownCampaign:
-                continue
-            raise UsageError(f"'{name_parts[i]}' is not a period or 'by <dimension>'",
-                             USAGE["card"]) from None
+            if _is_campaign(ctx, " ".join(name_parts[:i])):
+                raise UsageError(f"'{name_parts[i]}' is not a period or 'by <dimension>'",
+                                 USAGE["card"]) from None
         raise
     tz = zone(ctx.store.timezone())
     period = resolve(periods[0], periods[1] if len(periods) > 1 else None, ctx.now_ts(), tz) \
@@ -243,17 +243,13 @@ def _options(ctx: Context, tail: list[Token]) -> tuple[str | None, object]:
 
 
 def _is_campaign(ctx: Context, name: str) -> bool:
-    try:
-        engine.find_campaign(ctx.store, name)
-    except UnknownCampaign:
-        return False
-    return True
+    return engine.lookup_campaign(ctx.store, name) is not None
 
 
 def _comparison_reply(c: ab.Comparison) -> Reply:
     def charts(every: bool = False) -> list[tuple[str, bytes]]:
         from metrics import charts as ch
-        return [("ab.png", ch.comparison(c))]
+        return [("ab", ch.comparison(c))]
     return Reply(text.comparison(c), c.as_json(), charts=charts)
 
 
@@ -311,7 +307,7 @@ def cmd_top(ctx: Context, args: list[Token]) -> Reply:
 
     def charts(every: bool = False) -> list[tuple[str, bytes]]:
         from metrics import charts as ch
-        return [("top.png", ch.leaderboard(board))]
+        return [("top", ch.leaderboard(board))]
     return Reply(text.leaderboard(board), board.as_json(), charts=charts)
 
 
@@ -360,7 +356,7 @@ def cmd_alert(ctx: Context, args: list[Token]) -> Reply:
                  "muted": r.muted, "snoozed_until": r.snoozed_until,
                  "states": alerts.states(ctx.store, r.id)} for r in rules]
         return Reply(text.alert_list(data, zone(ctx.store.timezone()), ctx.now_ts()),
-                     {"alerts": data})
+                     {"alerts": data}, links=_links(r.channel for r in rules))
     _admin(ctx, f"alert {sub}")
     if sub == "add":
         names = kpis.all_names()
@@ -381,9 +377,7 @@ def cmd_alert(ctx: Context, args: list[Token]) -> Reply:
             if arg is None:
                 raise UsageError(f"'{word}' needs a value", USAGE["alert"])
             if word == "min":
-                if not arg.text.isdigit():
-                    raise UsageError(f"min needs a whole number, not '{arg.text}'")
-                opts["min_volume"] = int(arg.text)
+                opts["min_volume"] = _whole(arg.text, "min needs a whole number")
             elif word == "window":
                 opts["window_s"] = duration(arg.text)
             elif word == "renotify":
@@ -391,7 +385,7 @@ def cmd_alert(ctx: Context, args: list[Token]) -> Reply:
             elif word == "recover":
                 opts["recovery"] = _threshold(arg.text, metric)
             elif word == "in":
-                opts["channel"] = arg.text
+                opts["channel"] = _channel_arg(arg)
             else:
                 raise UsageError(f"'{rest[j].text}' is not an alert option (min, window, "
                                  "recover, renotify, in)", USAGE["alert"])
@@ -401,17 +395,13 @@ def cmd_alert(ctx: Context, args: list[Token]) -> Reply:
                                    created_by=ctx.user, **opts)
         except alerts.AlertError as exc:
             raise UsageError(str(exc), USAGE["alert"]) from None
-        where = f" in <#{rule.channel}>" if rule.channel and not rule.channel.startswith("#") \
-            else (f" in {rule.channel}" if rule.channel else "")
+        where = f" in {mrkdwn.channel(rule.channel)}" if rule.channel else ""
         who = "every campaign:" if rule.campaign == "*" else rule.campaign
         return Reply(f"Alert #{rule.id} added: {who} {rule.describe()}{where}.",
-                     {"id": rule.id, "rule": rule.describe()})
+                     {"id": rule.id, "rule": rule.describe()}, links=_links([rule.channel]))
     if sub in ("remove", "snooze"):
-        if not rest or not rest[0].text.lstrip("#").isdigit():
-            raise UsageError("which alert? (its number from `/kpi alert list`)", USAGE["alert"])
-        rid = int(rest[0].text.lstrip("#"))
-        if rid > 2 ** 62:
-            raise UsageError(f"there is no alert #{rid} (see `/kpi alert list`)")
+        rid = _whole(rest[0].text.lstrip("#") if rest else "",
+                     "which alert? (its number from `/kpi alert list`)", USAGE["alert"])
         try:
             if sub == "remove":
                 rule = alerts.remove_rule(ctx.store, rid)
@@ -432,16 +422,18 @@ def cmd_alert(ctx: Context, args: list[Token]) -> Reply:
 def cmd_digest(ctx: Context, args: list[Token]) -> Reply:
     from metrics import digests
     sub = args[0].text.lower() if args else "list"
-    rest = [t.text for t in args[1:]]
+    toks = args[1:]
+    rest = [t.text for t in toks]
     tz_name = ctx.store.timezone()
     if sub == "list":
         subs = digests.subscriptions(ctx.store)
         data = [{"id": d.id, "frequency": d.frequency, "weekday": d.weekday, "at": d.at,
                  "tz": d.tz, "channel": d.channel, "schedule": d.describe()} for d in subs]
-        body = "\n".join(f"#{d.id} {d.describe()}" + (f" → <#{d.channel}>" if d.channel else "")
+        body = "\n".join(f"#{d.id} {d.describe()}"
+                         + (f" → {mrkdwn.channel(d.channel)}" if d.channel else "")
                          for d in subs) or ("No digests yet. Add one, e.g. `/kpi digest add "
                                             "weekly monday 09:00 Europe/Berlin`.")
-        return Reply(body, {"digests": data})
+        return Reply(body, {"digests": data}, links=_links(d.channel for d in subs))
     if sub == "preview":
         from .text import digest_text
         daily = bool(rest) and rest[0].lower() == "daily"
@@ -473,7 +465,7 @@ def cmd_digest(ctx: Context, args: list[Token]) -> Reply:
         tz_arg, channel = tz_name, ctx.channel
         while i < len(rest):
             if rest[i].lower() == "in" and i + 1 < len(rest):
-                channel, i = rest[i + 1], i + 2
+                channel, i = _channel_arg(toks[i + 1]), i + 2
             elif "/" in rest[i] or rest[i].upper() == "UTC":
                 tz_arg, i = rest[i], i + 1
             else:
@@ -484,14 +476,15 @@ def cmd_digest(ctx: Context, args: list[Token]) -> Reply:
                             created_by=ctx.user)
         except (digests.DigestError, KpiBotError) as exc:
             raise UsageError(str(exc), USAGE["digest"]) from None
-        where = f" in <#{d.channel}>" if d.channel else " (no channel yet: add `in #channel`)"
-        return Reply(f"Digest #{d.id} added: {d.describe()}{where}.", {"id": d.id,
-                                                                       "schedule": d.describe()})
+        where = f" in {mrkdwn.channel(d.channel)}" if d.channel else \
+            " (no channel yet: add `in #channel`)"
+        return Reply(f"Digest #{d.id} added: {d.describe()}{where}.",
+                     {"id": d.id, "schedule": d.describe()}, links=_links([d.channel]))
     if sub == "remove":
-        if not rest or not rest[0].lstrip("#").isdigit() or int(rest[0].lstrip("#")) > 2 ** 62:
-            raise UsageError("which digest? (its number from `/kpi digest list`)", USAGE["digest"])
+        did = _whole(rest[0].lstrip("#") if rest else "",
+                     "which digest? (its number from `/kpi digest list`)", USAGE["digest"])
         try:
-            d = digests.remove(ctx.store, int(rest[0].lstrip("#")))
+            d = digests.remove(ctx.store, did)
         except digests.DigestError as exc:
             raise UsageError(str(exc)) from None
         return Reply(f"Digest #{d.id} removed ({d.describe()}).", {"removed": d.id})
@@ -521,6 +514,36 @@ COMMANDS: dict[str, Callable[[Context, list[Token]], Reply]] = {
 }
 
 
+_WHOLE = re.compile(r"[0-9]{1,15}")
+
+
+def _whole(word: str, problem: str, usage: str | None = None) -> int:
+    """A whole number as typed (ASCII digits, at most 15 of them), or a UsageError."""
+    if not _WHOLE.fullmatch(word):
+        raise UsageError(f"{problem}, not '{word[:40]}'" if word else problem, usage)
+    return int(word)
+
+
+_CHANNEL_NAME = re.compile(r"^#?(\w[\w.\-]{0,79})$")
+
+
+def _channel_arg(tok: Token) -> str:
+    """The channel of ``in #channel``: the id Slack puts in the command (``<#C123|name>``),
+    or a name typed on the command line (``#marketing``)."""
+    if tok.kind == "channel" and mrkdwn.is_channel_id(tok.text):
+        return tok.text
+    m = _CHANNEL_NAME.match(tok.text) if tok.kind == "word" and not tok.quoted else None
+    if m is None:
+        raise UsageError(f"'{tok.text[:40]}' is not a channel: type # and pick one from the "
+                         "list Slack offers, e.g. `in #campaign-alerts`")
+    return "#" + m.group(1)
+
+
+def _links(channels) -> frozenset[str]:
+    """The channel ids a reply may link to."""
+    return frozenset(c for c in channels if mrkdwn.is_channel_id(c))
+
+
 def _admin(ctx: Context, what: str) -> None:
     if not ctx.is_admin:
         raise UsageError(f"only admins can change settings (`/kpi {what}`): ask one of the "
@@ -537,11 +560,23 @@ def _metric(name: str) -> str:
         + f" Metrics: {', '.join(names)}.")
 
 
+MAX_TEXT = 1000     # characters of command text read; longer is refused before parsing
+MAX_WORDS = 40
+
+
 def run(text_in: str, ctx: Context) -> Reply:
     """Parse and answer one `/kpi` command. Never raises for bad input: a domain error
-    becomes a reply with ``ok=False``, the reason, and the usage line."""
+    becomes a reply with ``ok=False``, the reason, and the usage line. Its cost is linear
+    in the text, which is refused past ``MAX_TEXT`` characters or ``MAX_WORDS`` words."""
     try:
+        if len(text_in or "") > MAX_TEXT:
+            raise UsageError(f"that command is {len(text_in):,} characters long; /kpi reads at "
+                             f"most {MAX_TEXT:,}. Type `/kpi help` for what it understands.")
         tokens = tokenize(text_in)
+        if len(tokens) > MAX_WORDS:
+            raise UsageError(f"that command has {len(tokens):,} words; /kpi reads at most "
+                             f"{MAX_WORDS}. Put a campaign name with spaces in quotes, e.g. "
+                             '/kpi "spring sale 2026" 7d')
         if not tokens:
             return cmd_help(ctx, [])
         head = tokens[0].text.lower()

@@ -17,34 +17,13 @@ from slack_sdk.errors import SlackApiError
 from metrics import alerts
 from metrics.store import Store
 
-from .text import notice_text
+from .blocks import alert_message
 
 log = logging.getLogger(__name__)
-SNOOZE_ACTION = "alert_snooze"
-MUTE_ACTION = "alert_mute"
 
 
 def sender_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def alert_message(payload: dict) -> dict:
-    """Text and Block Kit for one alert post."""
-    text = notice_text(payload)
-    blocks = [{"type": "section", "text": {"type": "mrkdwn", "text": text[:3000]}}]
-    if payload["kind"] != "recovered":
-        value = f"{payload['rule_id']}:{payload['campaign_id']}"
-        blocks.append({"type": "actions", "elements": [
-            {"type": "button", "action_id": SNOOZE_ACTION, "value": value,
-             "text": {"type": "plain_text", "text": "Snooze 1 day"}},
-            {"type": "button", "action_id": MUTE_ACTION, "value": str(payload["rule_id"]),
-             "style": "danger", "text": {"type": "plain_text", "text": "Mute rule"},
-             "confirm": {"title": {"type": "plain_text", "text": "Mute this rule?"},
-                         "text": {"type": "plain_text",
-                                  "text": "It stops posting for every campaign until unmuted."},
-                         "confirm": {"type": "plain_text", "text": "Mute"},
-                         "deny": {"type": "plain_text", "text": "Cancel"}}}]})
-    return {"text": text, "blocks": blocks}
 
 
 def _deliver(store: Store, client: WebClient, now: int, sender: str | None, kind: str,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Callable
 
 from metrics.errors import KpiBotError
 from metrics.store import Store
 
-from .app import Settings, create_app
+from .app import create_app
+from .deps import Settings
 
 log = logging.getLogger("kpibot")
 PATH = "/slack/events"
@@ -58,14 +60,52 @@ def serve(settings: Settings, store_factory: Callable[[], Store], host: str, por
     if settings.app_token:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
         log.info("kpibot: connecting to Slack in Socket Mode")
-        SocketModeHandler(app, settings.app_token).start()
+        handler = SocketModeHandler(app, settings.app_token)
+        stop_on_signals(lambda: (scheduler.shutdown(wait=False), handler.close()))
+        handler.start()
         return
     from slack_bolt.adapter.wsgi import SlackRequestHandler
     from waitress.server import create_server
     server = create_server(SlackRequestHandler(app, path=PATH), host=host, port=port, threads=8,
                            ident="kpibot")
+    stop_on_signals(lambda: (scheduler.shutdown(wait=False), server.close()))
     log.info("kpibot: listening on http://%s:%s%s", host, server.effective_port, PATH)
-    server.run()
+    try:
+        server.run()
+    except (OSError, ValueError):   # the socket closed under select() while stopping
+        pass
+
+
+STOP_GRACE_S = 3.0
+
+
+def stop_on_signals(close: Callable[[], object]) -> None:
+    """SIGTERM and SIGINT stop the bot promptly, even while a request is being worked on:
+    no new requests are taken, the scheduler stops, work in flight gets ``STOP_GRACE_S``
+    to finish, then the process ends. Nothing acknowledged is lost by this: every write
+    is a transaction that either committed or leaves nothing behind."""
+    import os
+    import signal
+    import threading
+
+    def stop(signum, frame) -> None:
+        log.info("kpibot: stopping (signal %s)", signum)
+
+        def finish() -> None:
+            try:
+                close()
+            except Exception:
+                log.exception("while stopping")
+            deadline = time.monotonic() + STOP_GRACE_S
+            for t in threading.enumerate():
+                if t is not threading.current_thread() and not t.daemon and t.is_alive():
+                    t.join(max(0.0, deadline - time.monotonic()))
+            logging.shutdown()
+            os._exit(0)
+        threading.Thread(target=finish, name="kpibot-stop", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
 
 
 class Background:

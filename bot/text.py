@@ -3,13 +3,26 @@ as the fallback beside Block Kit), and the JSON form for scripts."""
 from __future__ import annotations
 
 import datetime as dt
+import re
 import unicodedata
 
 from metrics import kpis
 from metrics.engine import Report, Section
+from metrics.times import format_date as day
 from metrics.times import zone
 
+from . import mrkdwn
+
 CHANNEL_NAME = {"sms": "SMS", "call": "Calls"}
+
+
+def file_name(*parts: str, ext: str = "png") -> str:
+    """A safe file name from its parts ('Spring sale', 'by-country' -> Spring-sale-by-country.png):
+    letters, digits and hyphens only, so that no name from data can leave its folder."""
+    slug = "-".join(p for p in (re.sub(r"[^\w]+|-{2,}", "-", part).strip("-_")[:60]
+                                for part in parts) if p) or "kpi"
+    slug = re.sub(r"-{2,}", "-", slug)
+    return f"{slug}.{ext}"
 
 
 def width(s: str) -> int:
@@ -103,9 +116,9 @@ def period_text(rep: Report) -> str:
     tz = zone(rep.tz)
     a = dt.datetime.fromtimestamp(rep.period.start, tz)
     b = dt.datetime.fromtimestamp(rep.period.end - 1, tz)
-    span = f"{a:%Y-%m-%d} – {b:%Y-%m-%d}" if a.date() != b.date() else f"{a:%Y-%m-%d}"
+    span = f"{day(a)} – {day(b)}" if a.date() != b.date() else day(a)
     if rep.period.seconds < 2 * 86400 and not rep.whole:
-        span = f"{a:%Y-%m-%d %H:%M} – {dt.datetime.fromtimestamp(rep.period.end, tz):%H:%M}"
+        span = f"{day(a, '%Y-%m-%d %H:%M')} – {dt.datetime.fromtimestamp(rep.period.end, tz):%H:%M}"
     return f"{rep.period.label}, {span} ({rep.tz})"
 
 
@@ -270,8 +283,7 @@ def alert_list(rules: list[dict], tz, now: int) -> str:
         flags = " (muted)" if r["muted"] else ""
         if r["snoozed_until"] and r["snoozed_until"] > now:
             flags += f" (snoozed until {dt.datetime.fromtimestamp(r['snoozed_until'], tz):%Y-%m-%d %H:%M})"
-        where = f" → <#{r['channel']}>" if r["channel"] and not r["channel"].startswith("#") \
-            else (f" → {r['channel']}" if r["channel"] else "")
+        where = f" → {mrkdwn.channel(r['channel'])}" if r["channel"] else ""
         lines.append(f"#{r['id']} {r['campaign']} {r['rule']}{where}{flags}")
         for st in r["states"]:
             checked = dt.datetime.fromtimestamp(st["last_checked"], tz) if st["last_checked"] else None
@@ -310,7 +322,7 @@ def digest_lines(d) -> dict:
     b = dt.datetime.fromtimestamp(d.end - 1, tz)
     days = round((d.end - d.start) / 86400)
     title = ("Daily digest" if days <= 1 else "Weekly digest") + \
-        (f" · {a:%Y-%m-%d}" if a.date() == b.date() else f" · {a:%Y-%m-%d} – {b:%Y-%m-%d}")
+        (f" · {day(a)}" if a.date() == b.date() else f" · {day(a)} – {day(b)}")
     lines = []
     for ln in d.lines:
         vol = "sent" if ln.channel == "sms" else "dialed"

@@ -13,6 +13,7 @@ Sending the claimed posts is the caller's job (``bot/``); see :func:`pending`,
 from __future__ import annotations
 
 import json
+import math
 import operator
 from dataclasses import dataclass
 
@@ -106,6 +107,15 @@ def add_rule(store: Store, campaign: str, metric: str, op: str, threshold: float
         if not any(metric in kpis.REGISTRY[ch] for ch in have):
             raise AlertError(f"{metric} does not apply to {camp.name} "
                              f"({' and '.join(have)} only)")
+    _check_threshold(metric, threshold, "threshold")
+    if recovery is not None:
+        _check_threshold(metric, recovery, "recovery threshold")
+    if not MIN_VOLUME_LIMIT >= min_volume >= 0:
+        raise AlertError(f"min {min_volume:,} is beyond any campaign's volume: use a number "
+                         f"from 0 to {MIN_VOLUME_LIMIT:,}")
+    for what, secs in (("window", window_s), ("re-notify interval", renotify_s)):
+        if secs is not None and secs > MAX_WINDOW_S:
+            raise AlertError(f"the {what} is at most {MAX_WINDOW_S // 86400} days")
     if recovery is not None and OPS[op](recovery, threshold):
         raise AlertError(f"the recovery threshold {recovery:g} must be on the good side of "
                          f"{threshold:g} (for {op} it is {'lower' if op[0] == '>' else 'higher'})")
@@ -133,6 +143,27 @@ def rules(store: Store) -> list[Rule]:
     return [_rule(r) for r in store.conn.execute(f"SELECT {_COLS} FROM alert_rules ORDER BY id")]
 
 
+MIN_VOLUME_LIMIT = 1_000_000_000
+MAX_WINDOW_S = 366 * 86400
+MAX_AMOUNT = 1_000_000_000_000     # a threshold for a count or an amount of money
+
+
+def _check_threshold(metric: str, value: float, what: str) -> None:
+    """A threshold a metric can cross: a share between 0% and 100%, a count or amount
+    from 0 up, any finite ROI or growth rate."""
+    ks = kpis.find(metric)
+    if not math.isfinite(value):
+        raise AlertError(f"the {what} must be a number")
+    if any(k.proportion for k in ks) and not 0 <= value <= 1:
+        raise AlertError(f"{metric} is a share of its denominator: the {what} must be "
+                         f"between 0% and 100%, not {value * 100:g}%")
+    if any(k.unit != "percent" for k in ks) and not 0 <= value <= MAX_AMOUNT:
+        raise AlertError(f"{metric} cannot be below 0 or above {MAX_AMOUNT:,}: the {what} "
+                         f"{value:,g} would never be crossed")
+    if abs(value) > MAX_AMOUNT:
+        raise AlertError(f"the {what} {value:,g} would never be crossed")
+
+
 def remove_rule(store: Store, rule_id: int) -> Rule:
     rule = get_rule(store, rule_id)
     with store.transaction() as conn:
@@ -145,6 +176,10 @@ def snooze(store: Store, rule_id: int, until: int, campaign_id: int | None = Non
     """Post nothing for the rule (or one of its campaigns) until ``until``; states keep
     being evaluated, so a recovery during the snooze is known when it ends."""
     get_rule(store, rule_id)
+    if campaign_id is not None and store.conn.execute(
+            "SELECT 1 FROM campaigns WHERE id = ?", (campaign_id,)).fetchone() is None:
+        raise AlertError("its campaign no longer exists (remove the rule with "
+                         f"`/kpi alert remove {rule_id}` if it is not needed)")
     with store.transaction() as conn:
         if campaign_id is None:
             conn.execute("UPDATE alert_rules SET snoozed_until = ? WHERE id = ?", (until, rule_id))

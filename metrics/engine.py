@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+import sqlite3
 from dataclasses import dataclass, field
 
 from . import benchmarks, kpis
@@ -93,6 +94,24 @@ class Report:
         return kpis.headline(channel, self.campaign.goal)
 
 
+class TotalTooLarge(KpiBotError):
+    """A sum over a campaign's stored data passes SQLite's 64-bit integers."""
+
+
+def _sums(conn, sql: str, params, campaign: str) -> list[tuple]:
+    """The rows of a query that sums (SUM), all read: SQLite's "integer overflow" (only a
+    database filled before the import's limits can hold such totals) is a clear error."""
+    try:
+        return conn.execute(sql, params).fetchall()
+    except sqlite3.OperationalError as exc:
+        if "integer overflow" not in str(exc):
+            raise
+        raise TotalTooLarge(
+            f"A total of '{campaign}' is too large to add up (past SQLite's 64-bit integers): "
+            "its data holds amounts or counts far beyond real ones. Delete the campaign's "
+            "data and import it again: the import now refuses such values.") from None
+
+
 # -- campaigns -----------------------------------------------------------------------------
 
 def campaigns(store: Store) -> list[dict]:
@@ -100,16 +119,17 @@ def campaigns(store: Store) -> list[dict]:
     out = []
     for cid, name, channel, goal in store.conn.execute(
             "SELECT id, name, channel, goal FROM campaigns ORDER BY name_key"):
-        lo, hi, sent, dialed = store.conn.execute(
+        (lo, hi, sent, dialed), = _sums(
+            store.conn,
             f"""SELECT MIN(lo), MAX(hi), SUM(sent), SUM(dialed) FROM (
                 SELECT MIN(slot) AS lo, MAX(slot) + {SLOT} AS hi, SUM(sent) AS sent, 0 AS dialed
                 FROM message_rollup WHERE campaign_id = ?1 AND dim = ''
                 UNION ALL
                 SELECT MIN(slot), MAX(slot) + {SLOT}, 0, SUM(dialed)
-                FROM call_rollup WHERE campaign_id = ?1 AND dim = '')""", (cid,)).fetchone()
-        d = store.conn.execute("SELECT MIN(date), MAX(date), SUM(COALESCE(sent, 0)), "
+                FROM call_rollup WHERE campaign_id = ?1 AND dim = '')""", (cid,), name)
+        d, = _sums(store.conn, "SELECT MIN(date), MAX(date), SUM(COALESCE(sent, 0)), "
                                "SUM(COALESCE(calls_dialed, 0)) FROM daily WHERE campaign_id = ?",
-                               (cid,)).fetchone()
+                   (cid,), name)
         tz = zone(store.timezone())
         first = _local_date(lo, tz) if lo is not None else None
         last = _local_date(hi - 1, tz) if hi is not None else None
@@ -132,17 +152,27 @@ def campaigns_with_channel(store: Store, channel: str) -> list[Campaign]:
             ORDER BY name_key""", (channel,))]
 
 
-def find_campaign(store: Store, name: str) -> Campaign:
-    """The campaign called ``name`` (case-insensitive, Unicode-normalised), or
-    UnknownCampaign with the closest names."""
+def lookup_campaign(store: Store, name: str) -> Campaign | None:
+    """The campaign called ``name`` (case-insensitive, Unicode-normalised), or None: one
+    index lookup, for parsers that try several ways to read a command."""
     row = store.conn.execute("SELECT id, name, channel, goal FROM campaigns WHERE name_key = ?",
                              (name_key(name),)).fetchone()
-    if row:
-        return Campaign(*row)
+    return Campaign(*row) if row else None
+
+
+SUGGEST_CHARS = 100    # longer names are compared by their first 100 characters
+
+
+def find_campaign(store: Store, name: str) -> Campaign:
+    """The campaign called ``name``, or UnknownCampaign with the closest names."""
+    found = lookup_campaign(store, name)
+    if found is not None:
+        return found
     names = [r[0] for r in store.conn.execute("SELECT name FROM campaigns")]
-    return_key = {name_key(n): n for n in names}
-    close = difflib.get_close_matches(name_key(name), list(return_key), n=3, cutoff=0.5)
-    contains = [k for k in return_key if name_key(name) in k and k not in close]
+    return_key = {name_key(n)[:SUGGEST_CHARS]: n for n in names}
+    key = name_key(name)[:SUGGEST_CHARS]
+    close = difflib.get_close_matches(key, list(return_key), n=3, cutoff=0.5)
+    contains = [k for k in return_key if key and key in k and k not in close]
     raise UnknownCampaign(name, [return_key[k] for k in close + contains][:3])
 
 
@@ -231,10 +261,11 @@ class Reader:
             return
         cols = list(kind.counters)
         sums = ", ".join(f"SUM({c})" for c in cols)
-        for key, *vals in self.conn.execute(
+        for key, *vals in _sums(
+                self.conn,
                 f"SELECT {rkey} AS k, {sums} FROM {kind.rollup} WHERE campaign_id = ? AND "
                 "dim = ? AND slot >= ? AND slot < ? GROUP BY k",
-                (self.campaign.id, rdim, a, b)):
+                (self.campaign.id, rdim, a, b), self.campaign.name):
             _add(out, key, cols, vals)
         if start < a:
             self._raw(kind, start, a, ekey, out)
@@ -245,10 +276,11 @@ class Reader:
              params: list | None = None) -> None:
         cols = list(kind.counters)
         sums = ", ".join(f"COALESCE(SUM({e}), 0)" for e in kind.counters.values())
-        for k, *vals in self.conn.execute(
+        for k, *vals in _sums(
+                self.conn,
                 f"SELECT {key} AS k, {sums} FROM {kind.table} WHERE campaign_id = ? AND "
                 f"{kind.time} >= ? AND {kind.time} < ? GROUP BY k",
-                (*(params or ()), self.campaign.id, start, end)):
+                (*(params or ()), self.campaign.id, start, end), self.campaign.name):
             _add(out, k, cols, vals)
 
     def _daily(self, channel: str, start: int, end: int, dim: str | None, out: dict) -> None:

@@ -68,3 +68,17 @@ class UnknownCampaign(KpiBotError):
 
 class HashKeyMismatch(KpiBotError):
     """The phone-number hash key differs from the one this database was built with."""
+
+
+class StoreError(KpiBotError):
+    """The database cannot be opened or written (disk full, read-only, not a database).
+    The message says what, where and what to do; nothing was changed."""
+
+
+class SchemaTooNew(StoreError):
+    """The database was written by a newer kpibot, with a schema this one does not know."""
+
+    def __init__(self, path: str, theirs: int, ours: int):
+        self.path, self.theirs, self.ours = path, theirs, ours
+        super().__init__(f"{path} was written by a newer kpibot (schema {theirs}; this kpibot "
+                         f"knows schema {ours}): upgrade kpibot (pip install -U kpibot)")

@@ -22,6 +22,7 @@ class Kpi:
     denominator: Callable[[Counters], float] | None
     good: str | None                   # 'up', 'down' or None (neither)
     definition: str
+    proportion: bool = False           # a share of its denominator: between 0% and 100%
 
     def compute(self, c: Counters) -> "Value":
         if self.name == "reach" and "reach" not in c:   # not counted for this group
@@ -65,7 +66,7 @@ def _c(name: str) -> Callable[[Counters], float]:
 
 
 def _rate(name, label, channel, num, den, good, definition):
-    return Kpi(name, label, channel, "percent", _c(num), _c(den), good, definition)
+    return Kpi(name, label, channel, "percent", _c(num), _c(den), good, definition, True)
 
 
 _cost = _c("cost_micros")
@@ -113,7 +114,7 @@ CALLS = [
         _c("answered"), None, "talk seconds of answered calls / answered calls"),
     Kpi("abandonment_rate", "Abandonment rate", "call", "percent", _c("abandoned"),
         lambda c: c.get("answered", 0) + c.get("abandoned", 0), "down",
-        "abandoned / (answered + abandoned)"),
+        "abandoned / (answered + abandoned)", True),
     _rate("conversion_rate", "Conversion rate", "call", "converted", "answered", "up",
           "conversions / answered"),
     Kpi("cost_per_call", "Cost per call", "call", "money", _cost, _c("dialed"), "down",
@@ -140,6 +141,11 @@ GOAL_ORDER = {
     "info": ["delivery_rate", "opt_out_rate"],
     None: ["delivery_rate", "ctr", "answer_rate", "conversion_rate"],
 }
+
+
+def find(name: str) -> list[Kpi]:
+    """The KPIs called ``name`` (one per channel that has it)."""
+    return [REGISTRY[ch][name] for ch in REGISTRY if name in REGISTRY[ch]]
 
 
 def all_names() -> list[str]:

@@ -16,10 +16,26 @@ from-scratch computation after imports, re-imports, reply attribution and delete
 from __future__ import annotations
 
 import sqlite3
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
+from .errors import ImportRejected
+
 SLOT = 900   # seconds
+
+# The most a campaign's cost or revenue (micro-units, per kind of event) may add up to.
+# SQLite's SUM() fails with "integer overflow" past 2**63 - 1; keeping every campaign
+# total below half of that leaves every sum the engine takes (a part of a total) exact.
+# One amount is at most 1e10 currency units (importers.values.MAX_AMOUNT), so only a
+# file of hundreds of such amounts comes near: the import that would pass it is refused.
+MAX_TOTAL_MICROS = 1 << 62
+_MONEY = ("cost_micros", "revenue_micros")
+
+
+class TotalTooLarge(ImportRejected):
+    """An import would make a campaign's total too large to add up; nothing changed."""
 
 
 def slot_sql(col: str) -> str:
@@ -121,6 +137,8 @@ class Rollup:
         self._started = False
         self._counted: NewRowCounter | None = None
         self.after_rowid: int | None = None
+        self._touched: set[int] = set()    # campaigns whose totals may have grown
+        self.check_totals = True            # refuse a total past MAX_TOTAL_MICROS
 
     def add_new_rows(self, after_rowid: int, counted: "NewRowCounter | None" = None,
                      counted_upto: int | None = None) -> None:
@@ -135,8 +153,12 @@ class Rollup:
         self._started = start is not None
         if self._started:
             self.conn.execute(f"DROP TABLE IF EXISTS temp.{self.delta}")
-            self.conn.execute(f"CREATE TEMP TABLE {self.delta} AS "
-                              + _cube_select(self.kind, self.kind.table, "rowid > ?"), (start,))
+            with self._overflow():
+                self.conn.execute(f"CREATE TEMP TABLE {self.delta} AS "
+                                  + _cube_select(self.kind, self.kind.table, "rowid > ?"),
+                                  (start,))
+            self._touched.update(cid for (cid,) in self.conn.execute(
+                f"SELECT DISTINCT campaign_id FROM temp.{self.delta}"))
 
     def finish(self) -> None:
         """Merge the counted new rows into the rollup and recompute every dirty slot."""
@@ -147,6 +169,7 @@ class Rollup:
             for dim in [""] + list(k.dims):
                 conn.executemany(f"DELETE FROM {k.rollup} WHERE campaign_id = ? AND dim = ? "
                                  "AND slot = ?", [(c, dim, s) for c, s in dirty])
+        self._touched.update(c for c, _ in dirty)
         if self._started:
             if dirty:   # dirty slots are recomputed whole below, new rows included
                 conn.execute(f"DELETE FROM temp.{self.delta} WHERE (campaign_id, slot) IN "
@@ -156,20 +179,23 @@ class Rollup:
             conn.execute(f"DROP TABLE temp.{self.delta}")
             self._started = False
         if self._counted is not None:
+            self._touched.update(self._counted.campaign_ids())
             self._counted.write(skip=set(dirty))
             self._counted = None
         if dirty:
             conn.execute("DROP TABLE IF EXISTS temp.rollup_redo")
-            conn.execute(
-                "CREATE TEMP TABLE rollup_redo AS "
-                + _cube_select(k, f"rollup_dirty AS d JOIN {k.table} AS e ON "
-                                  f"e.campaign_id = d.campaign_id AND e.{k.time} >= d.slot "
-                                  f"AND e.{k.time} < d.slot + {SLOT}", "d.kind = ?")
-                .replace("SELECT campaign_id,", "SELECT e.campaign_id AS campaign_id,"),
-                (k.name,))
+            with self._overflow():
+                conn.execute(
+                    "CREATE TEMP TABLE rollup_redo AS "
+                    + _cube_select(k, f"rollup_dirty AS d JOIN {k.table} AS e ON "
+                                      f"e.campaign_id = d.campaign_id AND e.{k.time} >= d.slot "
+                                      f"AND e.{k.time} < d.slot + {SLOT}", "d.kind = ?")
+                    .replace("SELECT campaign_id,", "SELECT e.campaign_id AS campaign_id,"),
+                    (k.name,))
             self._merge("temp.rollup_redo", add=False)
             conn.execute("DROP TABLE temp.rollup_redo")
             conn.execute("DELETE FROM rollup_dirty WHERE kind = ?", (k.name,))
+        self._check_totals()
         if k is MESSAGE:
             refresh_reach(conn, self.after_rowid)
             self.after_rowid = None
@@ -181,10 +207,59 @@ class Rollup:
         conflict = (" ON CONFLICT (campaign_id, dim, slot, key) DO UPDATE SET "
                     + ", ".join(f"{c} = {c} + excluded.{c}" for c in k.counters)) if add else ""
         for dim, key in [("", "''")] + [(d, f"d_{d}") for d in k.dims]:
-            self.conn.execute(
-                f"INSERT INTO {k.rollup} (campaign_id, dim, slot, key, {cols}) "
-                f"SELECT campaign_id, '{dim}', slot, {key}, {sums} FROM {cube} WHERE true "
-                f"GROUP BY campaign_id, slot, {key}{conflict}")
+            with self._overflow():
+                self.conn.execute(
+                    f"INSERT INTO {k.rollup} (campaign_id, dim, slot, key, {cols}) "
+                    f"SELECT campaign_id, '{dim}', slot, {key}, {sums} FROM {cube} WHERE true "
+                    f"GROUP BY campaign_id, slot, {key}{conflict}")
+
+    def _check_totals(self) -> None:
+        """Refuse (roll back) what made a campaign's cost or revenue total pass
+        :data:`MAX_TOTAL_MICROS`: its campaign totals are read with TOTAL(), which does not
+        overflow (a sum that did overflow above, in ``c + excluded.c``, became a REAL)."""
+        k, touched, self._touched = self.kind, self._touched, set()
+        money = [c for c in _MONEY if c in k.counters]
+        if not money or not self.check_totals:
+            return
+        totals = ", ".join(f"TOTAL({c})" for c in money)
+        for cid in sorted(touched):
+            got = self.conn.execute(f"SELECT {totals} FROM {k.rollup} WHERE campaign_id = ? "
+                                    "AND dim = ''", (cid,)).fetchone()
+            for col, total in zip(money, got):
+                if total > MAX_TOTAL_MICROS:
+                    raise self._too_large(cid, col, total)
+
+    @contextmanager
+    def _overflow(self):
+        """SQLite's "integer overflow" from SUM() as :class:`TotalTooLarge`, naming the
+        campaign (found from its events, with TOTAL())."""
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            if "integer overflow" not in str(exc):
+                raise
+            k = self.kind
+            money = [c for c in _MONEY if c in k.counters]
+            for cid, *totals in self.conn.execute(
+                    f"SELECT campaign_id, {', '.join(f'TOTAL({c})' for c in money)} "
+                    f"FROM {k.table} GROUP BY campaign_id").fetchall():
+                for col, total in zip(money, totals):
+                    if total > MAX_TOTAL_MICROS:
+                        raise self._too_large(cid, col, total) from None
+            raise TotalTooLarge("a campaign's totals are too large to add up (SQLite's "
+                                "integers are 64-bit); nothing was imported") from None
+
+    def _too_large(self, cid: int, col: str, total: float) -> TotalTooLarge:
+        row = self.conn.execute("SELECT name FROM campaigns WHERE id = ?", (cid,)).fetchone()
+        # the import in progress, for the message (the driver does not say)
+        file = self.conn.execute("SELECT file FROM imports WHERE finished_at IS NULL "
+                                 "ORDER BY id DESC LIMIT 1").fetchone()
+        what = col.removesuffix("_micros")
+        return TotalTooLarge(
+            f"campaign '{row[0] if row else cid}' would hold a {what} total of "
+            f"{total / 1e6:,.0f}, more than a campaign can add up "
+            f"({MAX_TOTAL_MICROS // 1_000_000:,}); nothing was imported",
+            file=Path(file[0]).name if file else None)
 
 
 class NewRowCounter:
@@ -246,6 +321,7 @@ class NewRowCounter:
         self._counted: list = [[None, None] for _ in self._dims]
         self.rows_counted = 0
         self.writes = 0
+        self._summed_abs = 0    # of every summed value counted: no int64 sum can pass it
         # Counter values are held as int32, half the memory of int64 (so that a million
         # rows' counts fit under WRITE_AT and are written once): exact while every total
         # is below _EXACT, which holds while (rows counted since the last write) times
@@ -271,7 +347,15 @@ class NewRowCounter:
         for j, i in enumerate(self._summed_idx):
             if i is not None:
                 a = np.array([0 if v == "" else v for v in cols[i]])
-                if a.dtype != np.int64 or np.abs(a).max() >= self._MAX_SUMMED:
+                if a.dtype != np.int64:
+                    return False
+                m = np.abs(a)
+                if m.max() >= self._MAX_SUMMED:
+                    return False
+                # the sums held (and the totals they are added to) stay within int64:
+                # SQL counts the rest, and the rollup's checks see a total too large
+                self._summed_abs += int(m.sum())
+                if self._summed_abs >= MAX_TOTAL_MICROS:
                     return False
                 summed[j] = a
         if cid.dtype != np.int64 or t.dtype != np.int64:
@@ -316,6 +400,10 @@ class NewRowCounter:
         self.rows_counted += n
         self._since_write += n
         return True
+
+    def campaign_ids(self) -> set[int]:
+        """The campaigns of the rows counted."""
+        return {cs >> 31 for cs in self._cs}
 
     def _reduce(self, d: int) -> None:
         """Fold dimension ``d``'s pending batches into its totals per (campaign, slot,
@@ -564,6 +652,7 @@ def rebuild(conn: sqlite3.Connection, kind: Kind | str | None = None) -> None:
         conn.execute(f"DELETE FROM {k.rollup}")
         conn.execute("DELETE FROM rollup_dirty WHERE kind = ?", (k.name,))
         r = Rollup(conn, k)
+        r.check_totals = False    # what is stored is what it is: only imports are refused
         r.add_new_rows(-1 << 62)
         r.finish()
     refresh_reach(conn, everything=True)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import hashlib
 import os
 import secrets
 import sqlite3
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -35,7 +38,7 @@ def _import_sqlite_utils():
 sqlite_utils = _import_sqlite_utils()
 from sqlite_utils.migrations import Migrations  # noqa: E402
 
-from .errors import HashKeyMismatch
+from .errors import HashKeyMismatch, SchemaTooNew, StoreError
 from .names import merged_channel, name_key
 
 DEFAULT_DB = "kpibot.db"
@@ -312,6 +315,128 @@ def m004_digests(db: sqlite_utils.Database) -> None:
         );
         """)
 
+
+@migrations()
+def m005_seen_requests(db: sqlite_utils.Database) -> None:
+    """Requests already handled (a signed request's signature, an event's id), so that a
+    replay or a retry is answered without running again; kept for minutes."""
+    db.executescript(
+        """
+        CREATE TABLE seen_requests (
+            key TEXT PRIMARY KEY,
+            seen_at INTEGER NOT NULL
+        ) WITHOUT ROWID;
+        CREATE INDEX seen_requests_at ON seen_requests(seen_at);
+        """)
+
+
+def _enter_wal(conn: sqlite3.Connection, timeout_s: float = 30) -> None:
+    """Switch to WAL mode. On a database that several processes are creating at once the
+    switch can fail at once with "database is locked" (SQLite does not wait on its busy
+    handler there), so it is retried for up to ``timeout_s``."""
+    deadline, pause = time.monotonic() + timeout_s, 0.001
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if (exc.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY
+                    or time.monotonic() > deadline):
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.05)
+
+
+def _known_migrations() -> list[str]:
+    """The names of the migrations this code has, in order."""
+    return [m.name for m in migrations._migrations]
+
+
+def _read_key(path: Path) -> bytes:
+    """The key in ``path``, waiting a moment for a file another process is still writing."""
+    deadline = time.monotonic() + 2
+    while not (key := path.read_bytes().strip()):
+        if time.monotonic() > deadline:
+            raise StoreError(f"the phone-number hash key file {path} is empty: restore it from "
+                             f"a backup, or set {HASH_KEY_ENV} to the key")
+        time.sleep(0.01)
+    return key
+
+
+def _key_file_problem(path: Path, exc: OSError) -> str:
+    if exc.errno in NO_SPACE:
+        return (f"no space left to write the phone-number hash key file {path}: "
+                "free some disk space and try again")
+    return (f"cannot read or create the phone-number hash key file {path} "
+            f"({exc.strerror or exc}): make it readable and its folder writable for this "
+            f"user, or set {HASH_KEY_ENV}")
+
+
+# -- failures of the database itself, said in one line ----------------------------------
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_space_message(path: str | os.PathLike, exc: BaseException | None = None) -> str:
+    """What to say when the disk (or the temporary folder) is full while writing ``path``."""
+    cause = "database or disk is full"
+    if isinstance(exc, OSError):
+        cause = (exc.strerror or str(exc)) + (f": {exc.filename}" if exc.filename else "")
+    return (f"no space left on the disk while writing {path} ({cause}): nothing was "
+            "changed; free some space where the database or the temporary folder "
+            "($TMPDIR, else /tmp) lives, and try again")
+
+
+def access_problem(path: Path) -> str | None:
+    """What keeps this user from writing the database at ``path``, if anything: a missing
+    or read-only folder, or a read-only file. In WAL mode SQLite also creates FILE-wal
+    and FILE-shm beside the file, so the folder must be writable too."""
+    folder = path.absolute().parent
+    if path.is_dir():
+        return f"{path} is a folder, not a database file: name a file with --db or KPIBOT_DB"
+    if not folder.is_dir():
+        return (f"the folder {folder} does not exist: create it, or name another database "
+                "with --db or KPIBOT_DB")
+    if path.exists():
+        if not os.access(path, os.R_OK):
+            return (f"{path} cannot be read by this user: give it read and write permission "
+                    f"(chmod u+rw {path}), or run kpibot as its owner")
+        if not os.access(path, os.W_OK):
+            return (f"{path} is read-only for this user: kpibot writes to its database; make "
+                    f"the file writable (chmod u+w {path}), or work on a writable copy")
+        if not os.access(folder, os.W_OK | os.X_OK):
+            return (f"the folder {folder} is read-only for this user, and SQLite's WAL mode "
+                    f"needs to create {path.name}-wal and {path.name}-shm beside {path.name}: "
+                    "make the folder writable, or move the database to a writable folder")
+    elif not os.access(folder, os.W_OK | os.X_OK):
+        return (f"cannot create {path}: the folder {folder} is read-only for this user; make "
+                "it writable, or name a database in a writable folder with --db or KPIBOT_DB")
+    return None
+
+
+def write_error(path: Path, exc: sqlite3.Error) -> StoreError | None:
+    """A clear :class:`StoreError` for a write that failed because of where the database
+    lives (disk full, read-only file or folder), or None for any other error."""
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == sqlite3.SQLITE_FULL:
+        return StoreError(no_space_message(path))
+    if code in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN) and str(path) != ":memory:":
+        if problem := access_problem(path):
+            return StoreError(problem)
+    return None
+
+
+def open_error(path: Path, exc: sqlite3.Error) -> StoreError:
+    """A one-line :class:`StoreError` for a database that could not be opened."""
+    if clear := write_error(path, exc):
+        return clear
+    code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+    if code == sqlite3.SQLITE_NOTADB:
+        return StoreError(f"cannot open the database {path}: it is not a SQLite database "
+                          "(file is not a database); check the path given with --db or "
+                          "KPIBOT_DB")
+    return StoreError(f"cannot open the database {path}: " + " ".join(str(exc).split()))
+
+
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
@@ -325,17 +450,61 @@ class Store:
 
     def __init__(self, path: str | os.PathLike = DEFAULT_DB, *, migrate: bool = True):
         self.path = Path(path)
-        conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+        self._hash_key: bytes | None = None
+        try:
+            conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise open_error(self.path, exc) from exc
         self.db = sqlite_utils.Database(conn)
         self.conn = conn
-        if str(path) != ":memory:":
-            conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA foreign_keys=ON")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=30000")
-        if migrate:
-            migrations.apply(self.db)
-        self._hash_key: bytes | None = None
+        try:
+            if str(path) != ":memory:":
+                _enter_wal(conn)
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            if migrate:
+                self._migrate()
+            else:
+                self._pending()   # still refuses a newer schema
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):
+                conn.rollback()
+            conn.close()
+            if isinstance(exc, sqlite3.Error):
+                raise open_error(self.path, exc) from exc
+            raise
+
+    def _migrate(self) -> None:
+        """Bring the schema up to date, once, even when several processes open a new
+        database at the same moment: the check and every migration run in one write
+        transaction (BEGIN IMMEDIATE; the others wait on the busy timeout, then find
+        nothing left to do). Every kpibot migration must therefore be transactional."""
+        if not self._pending():      # the usual open: one read, no lock
+            return
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            if self._pending():      # again under the lock: another process may have done it
+                migrations.apply(self.db)
+                self.conn.execute(f"PRAGMA user_version = {len(_known_migrations())}")
+            self.conn.commit()
+        except BaseException:
+            self.conn.rollback()
+            raise
+
+    def _pending(self) -> list[str]:
+        """The migrations this database still needs. Refuses (:class:`SchemaTooNew`) a
+        database written by a newer kpibot, known by either sign: a migration recorded in
+        its ``_sqlite_migrations`` table that this code does not have (every kpibot version
+        records its migrations there, so this also catches databases written before
+        ``user_version`` was kept), or a ``PRAGMA user_version`` (the number of migrations
+        applied, set whenever kpibot migrates) above the number this code knows."""
+        known = _known_migrations()
+        applied = [m.name for m in migrations.applied(self.db)]
+        user_version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if set(applied) - set(known) or user_version > len(known):
+            raise SchemaTooNew(str(self.path), max(len(applied), user_version), len(known))
+        return [name for name in known if name not in applied]
 
     @classmethod
     def open(cls, path: str | os.PathLike | None = None) -> "Store":
@@ -356,14 +525,16 @@ class Store:
         """A write transaction (BEGIN IMMEDIATE): all of it lands, or none of it."""
         if self.conn.in_transaction:
             raise RuntimeError("nested transaction")
-        self.conn.execute("BEGIN IMMEDIATE")
         try:
+            self.conn.execute("BEGIN IMMEDIATE")
             yield self.conn
-        except BaseException:
-            self.conn.rollback()
-            raise
-        else:
             self.conn.commit()
+        except BaseException as exc:
+            with contextlib.suppress(sqlite3.Error):   # the original error says more
+                self.conn.rollback()
+            if isinstance(exc, sqlite3.Error) and (clear := write_error(self.path, exc)):
+                raise clear from exc
+            raise
 
     # -- settings -----------------------------------------------------------------
     def get_setting(self, key: str, default: str | None = None) -> str | None:
@@ -378,6 +549,14 @@ class Store:
         else:
             with self.transaction() as c:
                 c.execute(sql, (key, value))
+
+    def first_seen(self, key: str, now: int, keep_s: int) -> bool:
+        """Record ``key`` (a request's identity) and say whether it is new; keys older than
+        ``keep_s`` are forgotten on the way."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM seen_requests WHERE seen_at < ?", (now - keep_s,))
+            return conn.execute("INSERT INTO seen_requests(key, seen_at) VALUES (?, ?) "
+                                "ON CONFLICT(key) DO NOTHING", (key, now)).rowcount == 1
 
     def timezone(self) -> str:
         """The team's IANA time zone: ``$KPIBOT_TZ``, then the stored setting, then UTC."""
@@ -396,19 +575,16 @@ class Store:
         elif str(self.path) == ":memory:":   # a throwaway database gets a throwaway key
             key = secrets.token_hex(32).encode()
         else:
-            key_path = self.key_path()
-            try:
-                key = key_path.read_bytes().strip()
-            except FileNotFoundError:
-                key = secrets.token_hex(32).encode()
-                fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(key + b"\n")
+            key = self._key_from_file()
         fingerprint = hashlib.sha256(b"kpibot-key-fingerprint:" + key).hexdigest()[:16]
         stored = self.get_setting("hash_key_fingerprint")
         if stored is None:
-            self.set_setting("hash_key_fingerprint", fingerprint)
-        elif stored != fingerprint:
+            with self.transaction() as conn:   # the first one to store it wins
+                conn.execute("INSERT INTO settings(key, value) VALUES ('hash_key_fingerprint', ?) "
+                             "ON CONFLICT(key) DO NOTHING", (fingerprint,))
+                stored = conn.execute("SELECT value FROM settings "
+                                      "WHERE key = 'hash_key_fingerprint'").fetchone()[0]
+        if stored != fingerprint:
             raise HashKeyMismatch(
                 "The phone-number hash key is not the one this database was built with "
                 f"(set {HASH_KEY_ENV} to the original key, or restore {self.key_path()})."
@@ -418,6 +594,43 @@ class Store:
 
     def key_path(self) -> Path:
         return self.path.resolve().parent / HASH_KEY_FILE
+
+    def _key_from_file(self) -> bytes:
+        """The key in the file beside the database, generated if there is none. The file
+        appears whole or not at all: the key is written to a temporary file that is then
+        hard-linked into place, which fails when another process got there first, and
+        then that process's key is the one. (Where hard links are not supported, the
+        file is created exclusively and written at once; readers wait for its content.)"""
+        key_path = self.key_path()
+        try:
+            try:
+                return _read_key(key_path)
+            except FileNotFoundError:
+                pass
+            key = secrets.token_hex(32).encode()
+            fd, tmp = tempfile.mkstemp(prefix=HASH_KEY_FILE + ".", dir=key_path.parent)  # 0600
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(key + b"\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                try:
+                    os.link(tmp, key_path)
+                except FileExistsError:
+                    return _read_key(key_path)
+                except OSError:   # no hard links on this file system
+                    try:
+                        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    except FileExistsError:
+                        return _read_key(key_path)
+                    with os.fdopen(fd, "wb") as f:
+                        f.write(key + b"\n")
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+            return key
+        except OSError as exc:
+            raise StoreError(_key_file_problem(key_path, exc)) from exc
 
     # -- campaigns ----------------------------------------------------------------------
     def campaign_id(self, conn: sqlite3.Connection, name: str, channel: str | None) -> int:

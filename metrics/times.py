@@ -13,6 +13,14 @@ _UTC = dt.timezone.utc
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 _TRAILING_ZONE = re.compile(r"\s*(UTC|GMT|Z)$", re.I)
 
+# The times data may hold: SMS and dialers did not exist before 1990, and a date past
+# 2100 is a typo. [FIRST_DAY, END_DAY) in UTC; anything outside is a bad row.
+FIRST_DAY, END_DAY = dt.date(1990, 1, 1), dt.date(2100, 1, 1)
+MIN_TIME = int(dt.datetime(1990, 1, 1, tzinfo=_UTC).timestamp())    # 631152000
+END_TIME = int(dt.datetime(2100, 1, 1, tzinfo=_UTC).timestamp())    # 4102444800
+_OUT_OF_RANGE = ("is not between 1990-01-01 and 2100-01-01 (UTC): no SMS or call data is older, "
+                 "and a later date is a typo")
+
 
 class BadTimezone(KpiBotError):
     pass
@@ -31,8 +39,9 @@ def parse_time(text: str, tz: dt.tzinfo = _UTC) -> int:
     """Parse a timestamp to UTC unix seconds; naive times are read in ``tz``.
 
     Accepts ISO 8601 (``2026-03-01T09:30:00Z``, ``2026-03-01 09:30:00+01:00``, a bare date),
-    RFC 2822 (``Tue, 01 Mar 2026 09:30:00 +0000``) and a trailing ``UTC``/``GMT``.
-    Raises ValueError with a readable message otherwise.
+    RFC 2822 (``Tue, 01 Mar 2026 09:30:00 +0000``) and a trailing ``UTC``/``GMT``, from
+    1990-01-01 up to (not including) 2100-01-01 UTC. Raises ValueError with a readable
+    message otherwise.
     """
     s = text.strip()
     try:
@@ -41,7 +50,31 @@ def parse_time(text: str, tz: dt.tzinfo = _UTC) -> int:
         d = _parse_other(s)
     if d.tzinfo is None:
         d = d.replace(tzinfo=tz)
-    return int(d.timestamp() // 1)
+    ts = int(d.timestamp() // 1)
+    if not MIN_TIME <= ts < END_TIME:
+        raise ValueError(f"'{s[:40]}' {_OUT_OF_RANGE}")
+    return ts
+
+
+def check_day(day: dt.date) -> dt.date:
+    """``day`` if it is within the years data may hold (see :func:`parse_time`), else
+    ValueError."""
+    if not FIRST_DAY <= day < END_DAY:
+        raise ValueError(f"'{day.isoformat()}' {_OUT_OF_RANGE}")
+    return day
+
+
+_YEAR = re.compile(r"%(?:%|Y)")
+
+
+def format_date(when: dt.date | dt.datetime, fmt: str = "%Y-%m-%d") -> str:
+    """``when.strftime(fmt)`` with a four-digit year everywhere (glibc's ``%Y`` does not
+    pad years below 1000: ``1-01-01``). Use it for every date the product displays:
+    ``format_date(d)`` -> ``0001-01-01``, ``format_date(t, "%Y-%m-%d %H:%M")``."""
+    if when.year < 1000 and "%Y" in fmt:
+        year = f"{when.year:04d}"
+        fmt = _YEAR.sub(lambda m: "%%" if m.group() == "%%" else year, fmt)
+    return when.strftime(fmt)
 
 
 def _parse_other(s: str) -> dt.datetime:

@@ -27,6 +27,7 @@ class FakeSlack:
         self.socket_url = socket_url      # what apps.connections.open hands out
         self.calls: list[Call] = []
         self.scripted: dict[str, list[tuple[int, dict, dict]]] = {}
+        self.delays: dict[str, float] = {}       # method -> seconds to wait before answering
         self.admins = set(admins)
         self.groups = groups or {}
         self.lock = threading.Lock()
@@ -129,6 +130,8 @@ class FakeSlack:
             queued = self.scripted.get(method)
             scripted = queued.pop(0) if queued else None
             self.responses.notify_all()
+        if method in self.delays:
+            time.sleep(self.delays[method])
         if scripted is not None:
             return scripted
         if kind == "response":

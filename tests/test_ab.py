@@ -151,7 +151,7 @@ def test_ab_on_an_imported_campaign(store, write):
     assert data["winner"] is None and data["leader"] == "A"
     # the chart and the Slack message
     (name, png), = reply.charts()
-    assert name == "ab.png" and png.startswith(b"\x89PNG")
+    assert name == "ab" and png.startswith(b"\x89PNG")
     msg = blocks.message(reply, "/kpi ab spring-sale opt_out_rate")
     assert msg["blocks"] and data["verdict"][:40] in json.dumps(msg["blocks"], ensure_ascii=False)
 

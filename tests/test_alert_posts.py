@@ -10,7 +10,7 @@ import time
 from slack_sdk import WebClient
 
 from bot import jobs, scheduler
-from bot.app import retry_handlers
+from bot.deps import retry_handlers
 from metrics import alerts
 from metrics.importers import import_file
 from metrics.store import Store
@@ -38,8 +38,9 @@ def test_firing_then_recovery_threaded_under_it(store, write):
         assert sent == [0, 1, 0, 0, 0, 1]
         fire, recover = fake.of("chat.postMessage")
         assert fire.params["channel"] == "CALERTS" and "thread_ts" not in fire.params
+        # Slack's escaping: '>' is written &gt; and shown as '>'
         assert fire.params["text"] == ("🔴 Alert: spring opt_out_rate is 2.50% (25 / 1,000) over "
-                                       "the last 1h (rule #1: > 2.00%)")
+                                       "the last 1h (rule #1: &gt; 2.00%)")
         blocks = fire.params["blocks"]
         blocks = json.loads(blocks) if isinstance(blocks, str) else blocks
         assert [e["text"]["text"] for e in blocks[1]["elements"]] == ["Snooze 1 day", "Mute rule"]

@@ -247,7 +247,7 @@ def test_rollups_match_a_recount_after_reimport_attribution_and_delete(store, wr
 
 def _varied_sms(n: int, seed: int) -> str:
     """Messages with every kind of value the rollups count: statuses, flags, empty and
-    missing dimension values, costs, revenue, replies and STOPs, times before 1970, a
+    missing dimension values, costs, revenue, replies and STOPs, times in 1990 (the earliest accepted), a
     row that comes again later in the file with another status."""
     import random
     rng = random.Random(seed)
@@ -256,7 +256,7 @@ def _varied_sms(n: int, seed: int) -> str:
     lines = [head]
     t0 = int(dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp())
     for i in range(n):
-        t = (rng.randrange(-3 * 86400, 0) if i % 97 == 0 else t0 + rng.randrange(5 * 86400))
+        t = (631152000 + rng.randrange(0, 3 * 86400) if i % 97 == 0 else t0 + rng.randrange(5 * 86400))
         when = dt.datetime.fromtimestamp(t, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         who = f"+1415555{rng.randrange(300):04d}"
         camp = rng.choice(["kat", "Kät 2", "kit"])

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.app import COMMAND_SCOPE, METHOD_SCOPES, Settings
+from bot.deps import COMMAND_SCOPE, METHOD_SCOPES, Settings
 from bot.command import COMMANDS, NOT_YET, USAGE
 from bot.serve import Background, ServeError, check, http_server
 from metrics.importers import import_file
@@ -283,32 +283,40 @@ def test_blocks_stay_within_slack_limits_for_big_answers(store, write):
         "blocks"] if "text" in b) == 1     # all 200 campaigns, split over sections
 
 
-def test_kpibot_serve_as_a_user_runs_it(tmp_path, write):
-    """`kpibot serve` in its own process, configured only through the environment."""
+def start_serve(fake, db) -> tuple:
+    """`kpibot serve` in its own process over HTTP, configured only through the
+    environment: (the process, once it listens; its /slack/events URL)."""
     import os
     import socket
     import subprocess
     import sys
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET,
+           "SLACK_API_URL": fake.api_url, "KPIBOT_DB": str(db)}
+    env.pop("SLACK_APP_TOKEN", None)
+    proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=ROOT, env=env,
+                            stderr=subprocess.PIPE, text=True)
+    line = ""
+    while "listening on" not in line:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            raise AssertionError("kpibot serve exited")
+    return proc, f"http://127.0.0.1:{port}/slack/events"
+
+
+def test_kpibot_serve_as_a_user_runs_it(tmp_path, write):
+    """`kpibot serve` in its own process, configured only through the environment."""
     db = tmp_path / "kpibot.db"
     s = Store(db)
     import_file(s, write("sms.csv", SMS))
     s.close()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     with FakeSlack() as fake:
-        env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_SIGNING_SECRET": SECRET,
-               "SLACK_API_URL": fake.api_url, "KPIBOT_DB": str(db)}
-        env.pop("SLACK_APP_TOKEN", None)
-        proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--host", "127.0.0.1",
-                                 "--port", str(port)], cwd=ROOT, env=env,
-                                stderr=subprocess.PIPE, text=True)
+        proc, url = start_serve(fake, db)
         try:
-            line = ""
-            while "listening on" not in line:
-                line = proc.stderr.readline()
-                assert line or proc.poll() is None, "kpibot serve exited"
-            status, _ = post(f"http://127.0.0.1:{port}/slack/events", slash(fake, "kat"))
+            status, _ = post(url, slash(fake, "kat"))
             assert status == 200
             (resp,) = fake.wait_for("response")
             assert "Delivery rate" in resp.params["text"]

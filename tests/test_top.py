@@ -42,7 +42,7 @@ def test_ranked_best_first_with_small_campaigns_listed_apart(three):
     assert "Not ranked (fewer than 100 delivered): tiny (20.0%, 10 / 50)" in reply.text
     assert any(ln.startswith("Top call campaigns by conversion rate") for ln in lines)
     (name, png), = reply.charts()
-    assert name == "top.png" and png.startswith(b"\x89PNG")
+    assert name == "top" and png.startswith(b"\x89PNG")
 
 
 def test_lower_is_better_and_a_period(three):

@@ -1,12 +1,15 @@
 """Listener modules, registered by ``bot.app.create_app`` (the Bolt starter template's
-layout): ``commands`` answers `/kpi`, ``actions`` handles the buttons on its replies."""
+layout): ``guard`` sees every request first (repeats, failures), ``commands`` answers
+`/kpi`, ``actions`` handles the buttons on its replies."""
 from __future__ import annotations
 
 from slack_bolt import App
 
-from . import actions, commands
+from ..deps import Deps
+from . import actions, commands, guard
 
 
-def register(app: App, deps) -> None:
+def register(app: App, deps: Deps) -> None:
+    guard.register(app, deps)
     commands.register(app, deps)
     actions.register(app, deps)

@@ -10,8 +10,9 @@ from itertools import repeat
 from operator import itemgetter
 from typing import Any, Callable, Sequence
 
+from ..names import MAX_NAME, clean_label
 from ..phones import BadPhoneNumber, PhoneHasher
-from ..times import parse_time
+from ..times import check_day, parse_time
 from . import values as V
 from .mapping import Mapping
 from .source import normalise_header
@@ -179,6 +180,11 @@ def bind(fmt: Format, header: list[str], ctx: Context, mapping: Mapping | None =
             if n in spellings and i not in index.values():
                 index[canon], labels[canon] = i, header[i]
                 break
+    if ctx.campaign:
+        try:
+            ctx.campaign = campaign_name(ctx.campaign)
+        except V.BadValue as exc:
+            raise ValueError(f"--campaign: {exc}") from None
     if mapping is None and ctx.campaign:
         consts["campaign"] = ctx.campaign
         labels["campaign"] = "--campaign"
@@ -316,10 +322,14 @@ def _attrs(extras: list[tuple[str, int]], fields: Sequence[str]) -> str:
     return json.dumps(d, ensure_ascii=False, separators=(",", ":")) if d else NULL
 
 
-def _nonempty_name(raw: str) -> str:
-    name = raw.strip()
+def campaign_name(raw: str) -> str:
+    """A campaign name as stored: cleaned of control characters (see
+    :func:`metrics.names.clean_label`), not empty, at most 200 characters."""
+    name = clean_label(raw)
     if not name:
         raise V.BadValue("campaign is empty")
+    if len(name) > MAX_NAME:
+        raise V.BadValue(f"campaign name is longer than {MAX_NAME} characters")
     return name
 
 
@@ -342,7 +352,7 @@ class _Common:
         self.r_dir = R("direction")
         self.r_campaign, self.r_rcpt, self.r_id = R("campaign"), R("recipient"), R(id_field)
         self.r_from, self.r_to, self.r_service = R("from"), R("to"), R("service")
-        self.m_name = Memo(_nonempty_name)
+        self.m_name = Memo(campaign_name)
         self.m_campaign = Memo(lambda name: ctx.campaign_id(name, channel))
         senders = ctx.senders
         self.m_sender = Memo(lambda s: senders.get(_digits(s)))
@@ -531,8 +541,9 @@ def _daily_builder(fmt, ctx: Context, cols: _Fields, extras):
             if day is None:
                 ts = parse_time(raw, tz)
                 day = dt.datetime.fromtimestamp(ts, tz).date()
+            check_day(day)
             col = "campaign"
-            name = _nonempty_name(g_campaign(fields))
+            name = campaign_name(g_campaign(fields))
             counts = {}
             for c, g in g_counts:
                 col = c
@@ -552,7 +563,7 @@ def _daily_builder(fmt, ctx: Context, cols: _Fields, extras):
             raw = g_revenue(fields)
             revenue = V.money_micros(raw) if raw else None
             col = "talk_seconds"
-            talk = V.seconds(g_talk(fields))
+            talk = V.seconds(g_talk(fields), limit=V.MAX_COUNT)   # a day's total
         except (V.BadValue, ValueError) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
         cid = campaign_id(name, chan)

@@ -71,6 +71,8 @@ def load_mapping(path: str | os.PathLike) -> Mapping:
             if k not in allowed:
                 raise MappingError(f"{p.name}: [{section}] '{k}' is not a canonical {fmt} field "
                                    f"(known: {', '.join(allowed)})")
+    if "campaign" in m.constants:
+        m.constants["campaign"] = _campaign(p, "[constants] campaign", m.constants["campaign"])
     m.columns = {k: str(v) for k, v in raw.get("columns", {}).items()}
     for k, table in raw.get("values", {}).items():
         if k not in allowed:
@@ -82,5 +84,17 @@ def load_mapping(path: str | os.PathLike) -> Mapping:
     m.attributes = {k: str(v) for k, v in raw.get("attributes", {}).items()}
     for sender, campaign in raw.get("campaign_by_sender", {}).items():
         digits = "".join(ch for ch in sender if ch.isdigit())
-        m.senders[sender if sender[:2].isalpha() else (digits or sender)] = str(campaign)
+        m.senders[sender if sender[:2].isalpha() else (digits or sender)] = _campaign(
+            p, f"[campaign_by_sender] {sender.strip()[:40]}", _text(campaign))
     return m
+
+
+def _campaign(p: Path, where: str, raw: str) -> str:
+    """A campaign name the mapping gives for every row: cleaned and checked once, here."""
+    from .formats import campaign_name
+    from .values import BadValue
+
+    try:
+        return campaign_name(raw)
+    except BadValue as exc:
+        raise MappingError(f"{p.name}: {where}: {exc}") from None

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..rollup import KINDS, NewRowCounter, Rollup
-from ..errors import ImportRejected, KpiBotError, MappingError, RowError
-from ..store import Store, iso, utcnow
+from ..errors import ImportRejected, KpiBotError, MappingError, RowError, StoreError
+from ..store import NO_SPACE, Store, iso, no_space_message, utcnow
 from ..times import zone
 from .formats import CALL_COLUMNS, DAILY_COLUMNS, FORMATS, MESSAGE_COLUMNS, NULL, detect
 from .mapping import Mapping, load_mapping
@@ -325,6 +325,10 @@ def import_file(
                 raise _DryRun()
     except _DryRun:
         result.import_id = None
+    except OSError as exc:   # a temporary file on a full disk: the transaction is rolled back
+        if exc.errno in NO_SPACE:
+            raise StoreError(no_space_message(store.path, exc)) from exc
+        raise
     finally:
         if gc_was_on:
             gc.enable()

@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import re
+import shlex
 from pathlib import Path
 from typing import Iterator
 
@@ -69,8 +70,11 @@ class CsvSource:
         utf8 = codecs.getincrementaldecoder("utf-8")()
         is_utf8 = True
         with open(self.path, "rb") as f:
-            head = f.read(4)
+            head = f.read(16)
             f.seek(0)
+            binary = _not_text(head, self.path)
+            if binary:
+                raise ImportRejected(binary, file=self.name)
             if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
                 for chunk in iter(lambda: f.read(_CHUNK), b""):
                     digest.update(chunk)
@@ -212,6 +216,68 @@ class CsvSource:
             return fh.buffer.tell()
         except (OSError, ValueError):
             return 0
+
+
+# Compressed files, told by their first bytes: (magic, what it is, the command that
+# decompresses it). Archives, workbooks and other binary files: see _not_text.
+_MAGIC: list[tuple[bytes, str, str]] = [
+    (b"\x1f\x8b", "gzip-compressed", "gunzip"),
+    (b"BZh", "bzip2-compressed", "bunzip2"),      # then a digit and 1AY&SY (checked below)
+    (b"\xfd7zXZ\x00", "xz-compressed", "unxz"),
+    (b"\x28\xb5\x2f\xfd", "zstd-compressed", "unzstd"),
+]
+_SUFFIX = {"gunzip": ".gz", "bunzip2": ".bz2", "unxz": ".xz", "unzstd": ".zst"}
+
+
+def _not_text(head: bytes, path: Path) -> str | None:
+    """Why a file whose first bytes are ``head`` is not a CSV file and what to do instead,
+    in one line; None for anything that may be text."""
+    name = path.name
+    q = shlex.quote(name)    # for the commands shown
+    for magic, what, tool in _MAGIC:
+        if not head.startswith(magic):
+            continue
+        if tool == "bunzip2" and head[4:10] not in (b"1AY&SY", b"\x17rE8P\x90"):
+            continue   # text that happens to start with BZh
+        suffix = _SUFFIX[tool]
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            plain = name[:-len(suffix)]
+            return f"is {what}: decompress it first ({tool} {q}) and import {plain}"
+        out = f"{path.stem or name}-unzipped.csv"
+        return (f"is {what}: decompress it first ({tool} -c {q} > {shlex.quote(out)}) "
+                f"and import {out}")
+    if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
+        kind = _zip_kind(path)
+        if kind == "xlsx":
+            return "is an Excel workbook: save it as CSV first (File > Save As > CSV UTF-8)"
+        if kind == "ods":
+            return "is an OpenDocument spreadsheet: save it as CSV first"
+        return f"is a zip archive: unzip it first (unzip {q}) and import the CSV inside"
+    if head.startswith(b"%PDF-"):
+        return "is a PDF document, not a CSV file: export the data as CSV instead"
+    if head.startswith(b"7z\xbc\xaf\x27\x1c"):
+        return f"is a 7-Zip archive: extract it first (7z x {q}) and import the CSV inside"
+    if head.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):
+        return "is an old-format Excel workbook (.xls): save it as CSV first"
+    if head.startswith(b"SQLite format 3\x00"):
+        return "is a SQLite database, not a CSV file: export the table as CSV first"
+    return None
+
+
+def _zip_kind(path: Path) -> str:
+    """'xlsx', 'ods' or 'zip': what a zip file holds."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            if "mimetype" in names and b"opendocument.spreadsheet" in z.read("mimetype"):
+                return "ods"
+    except (zipfile.BadZipFile, OSError, KeyError, RuntimeError, ValueError, EOFError):
+        names = []
+    if any(n.startswith("xl/") for n in names) or path.suffix.lower() in (".xlsx", ".xlsm"):
+        return "xlsx"
+    return "ods" if path.suffix.lower() == ".ods" else "zip"
 
 
 def _plain(text: str) -> bool:

@@ -2,10 +2,22 @@
 from __future__ import annotations
 
 import re
+from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
+
+from ..names import clean_label
 
 
 class BadValue(ValueError):
     """A value that cannot be read; the message says why (never echoing phone numbers)."""
+
+
+# The largest values a row may hold. Anything bigger is a typo or a hostile file, and it
+# must be a bad row, not a crash: SQLite integers are 64-bit (9.2e18), and money is stored
+# in micro-units. A campaign's totals are checked again at the end of an import (rollup).
+MAX_AMOUNT = 10_000_000_000          # currency units per amount: 1e16 micro-units
+MAX_COUNT = 1_000_000_000_000        # a count in a daily total (sent, delivered, ...)
+MAX_FLAG = 1_000_000                 # a per-row count in a flag column (clicks, conversions)
+MAX_CALL_SECONDS = 7 * 86_400        # one call's duration
 
 
 _TRUE = {"1", "true", "yes", "y", "t", "x"}
@@ -25,12 +37,16 @@ def flag(s: str) -> int:
         return 0
     if t in _TRUE:
         return 1
-    if t.isdigit():
-        return int(t)
+    if t.isdecimal():
+        if len(t) <= 7 and int(t) <= MAX_FLAG:
+            return int(t)
+        raise BadValue(f"'{s[:30]}' is too large for a count in a yes/no column "
+                       f"(at most {MAX_FLAG:,})")
     raise BadValue(f"'{s[:30]}' is not a yes/no value (use 1/0, true/false or yes/no)")
 
 
 def count(s: str) -> int | None:
+    """A whole number from 0 to :data:`MAX_COUNT` (``1,234``, ``12.0`` and ``1e3`` read)."""
     t = s.strip().replace(",", "").replace("_", "")
     if not t:
         return None
@@ -38,23 +54,41 @@ def count(s: str) -> int | None:
         f = float(t)
     except ValueError:
         raise BadValue(f"'{s[:30]}' is not a number") from None
-    if f < 0 or f != int(f):
+    if f != f or f < 0:
+        raise BadValue(f"'{s[:30]}' is not a whole number of 0 or more")
+    if f > MAX_COUNT:   # below it a float holds every whole number exactly
+        raise BadValue(f"'{s[:30]}' is too large (a count is at most {MAX_COUNT:,})")
+    if f != int(f):
         raise BadValue(f"'{s[:30]}' is not a whole number of 0 or more")
     return int(f)
 
 
 _MONEY_JUNK = re.compile(r"[\s$€£¥₹\u00a0]|^[A-Z]{3}|[A-Z]{3}$")
+# Below this many currency units, float(text) * 1e6 rounds to the exact micro-units of any
+# text with at most 6 decimals: the two roundings err by less than 2**-52 of a value
+# under 2**51 micro-units, i.e. by less than half a micro-unit.
+_FAST_LIMIT = 2 ** 51 / 1_000_000
+_MICRO = Decimal("0.000001")
+_MAX_AMOUNT = Decimal(MAX_AMOUNT)
+_EXACT = Context(prec=40, rounding=ROUND_HALF_EVEN)   # whatever the thread's context says
 
 
 def money_micros(s: str, *, absolute: bool = False) -> int | None:
-    """Money to integer micro-units (exact sums). ``0,0075`` (decimal comma) is accepted."""
+    """Money to integer micro-units (exact sums), at most :data:`MAX_AMOUNT` currency units.
+
+    ``0,0075`` (decimal comma), ``1,234.56``, ``$12`` and ``EUR 3`` are accepted. Every
+    digit counts: plain numbers take a float fast path only where it is provably exact (no
+    exponent, at most 6 decimals, under 2.2 billion); any other text is read as a decimal
+    and rounded to the micro-unit half-to-even (0.0000025 -> 2 micro-units)."""
     try:
         v = float(s)   # the common case: a plain number
     except ValueError:
         pass
     else:
-        if v == v and v not in (float("inf"), float("-inf")) and (absolute or v >= 0):
-            return round(abs(v) * 1_000_000)
+        if 0.0 <= v < _FAST_LIMIT or absolute and -_FAST_LIMIT < v <= 0.0:
+            dot = s.find(".")
+            if (dot < 0 or len(s) - dot <= 7) and "e" not in s and "E" not in s:
+                return round(abs(v) * 1_000_000)
     t = _MONEY_JUNK.sub("", s.strip())
     if not t:
         return None
@@ -64,34 +98,40 @@ def money_micros(s: str, *, absolute: bool = False) -> int | None:
         else:
             t = t.replace(",", ".")
     try:
-        v = float(t)
-    except ValueError:
+        d = Decimal(t)
+    except InvalidOperation:
         raise BadValue(f"'{s[:30]}' is not an amount of money") from None
-    if v != v or v in (float("inf"), float("-inf")):
+    if not d.is_finite():
         raise BadValue(f"'{s[:30]}' is not an amount of money")
     if absolute:
-        v = abs(v)  # Twilio writes charges as negative prices
-    elif v < 0:
+        d = abs(d)  # Twilio writes charges as negative prices
+    elif d < 0:
         raise BadValue(f"'{s[:30]}' is negative")
-    return round(v * 1_000_000)
+    if d > _MAX_AMOUNT:
+        raise BadValue(f"'{s[:30]}' is too large (an amount is at most {MAX_AMOUNT:,})")
+    return int(d.quantize(_MICRO, context=_EXACT).scaleb(6, context=_EXACT))
 
 
-def seconds(s: str) -> float | None:
+def seconds(s: str, limit: float = MAX_CALL_SECONDS) -> float | None:
+    """A duration in seconds (``65``, ``1:05``, ``0:01:05``), from 0 to ``limit``."""
     t = s.strip()
     if not t:
         return None
     try:
         v = float(t)
     except ValueError:
-        if re.fullmatch(r"\d+:\d{2}(:\d{2})?", t):   # 1:05 or 0:01:05
-            parts = [int(p) for p in t.split(":")]
-            v = 0.0
-            for p in parts:
-                v = v * 60 + p
-            return v
-        raise BadValue(f"'{s[:30]}' is not a duration in seconds") from None
+        if not re.fullmatch(r"\d+:\d{2}(:\d{2})?", t):   # 1:05 or 0:01:05
+            raise BadValue(f"'{s[:30]}' is not a duration in seconds") from None
+        parts = t.split(":")
+        if len(parts[0]) > 12:
+            raise BadValue(f"'{s[:30]}' is too long a duration (at most {limit:,.0f} seconds)")
+        v = 0.0
+        for p in parts:
+            v = v * 60 + int(p)
     if v < 0 or v != v:
         raise BadValue(f"'{s[:30]}' is not a duration of 0 seconds or more")
+    if v > limit:
+        raise BadValue(f"'{s[:30]}' is too long a duration (at most {limit:,.0f} seconds)")
     return v
 
 
@@ -200,5 +240,6 @@ def keyword(body: str) -> str | None:
 
 
 def text(s: str) -> str | None:
-    t = s.strip()
-    return t or None
+    """A short label (segment, variant, agent, disposition, currency, error code): see
+    :func:`metrics.names.clean_label`. Empty once cleaned is no value."""
+    return clean_label(s) or None
