@@ -81,7 +81,7 @@ def card_blocks(reply: Reply, command: str, share: bool = True) -> list[Block]:
     ]
     for ch in rep.channels:
         sec = rep.current[ch]
-        cur = text.currency_of(sec)
+        cur = sec.currency
         shown = text.shown_kpis(rep, ch)
         if len(rep.channels) > 1:
             blocks.append(SectionBlock(text=MarkdownTextObject(text=f"*{text.CHANNEL_NAME[ch]}*")))

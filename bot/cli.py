@@ -77,6 +77,8 @@ db_option = click.option("--db", metavar="PATH", envvar="KPIBOT_DB",
 @click.version_option(package_name="kpibot")
 def main() -> None:
     """Campaign KPIs for SMS and call campaigns, from your providers' exports."""
+    from metrics.importers.source import prepare_csv_reading
+    prepare_csv_reading()   # process-wide CSV settings, set here rather than on import
 
 
 class _Progress:
@@ -236,8 +238,13 @@ def _answer(text_in: str, db: str | None, as_json: bool, chart: Path | None,
                     path = chart_dir / file_name(name)
                 else:
                     continue
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_bytes(png)
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    path.write_bytes(png)
+                except OSError as exc:
+                    raise click.ClickException(
+                        f"cannot write the chart to {path} ({exc.strerror or exc}): name a "
+                        "file in a folder you can write to") from None
                 click.echo(f"chart: {path}", err=True)
         if not reply.ok:
             sys.exit(2)

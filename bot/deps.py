@@ -19,16 +19,20 @@ from metrics.store import Store
 DEFAULT_API_URL = "https://slack.com/api/"
 TIMEOUT_S = 10
 
-# Every Web API method the code calls, and the bot scope it needs (None: no scope).
+# Every Web API method the code calls, and the bot scopes it needs (empty: none).
 # manifest.yml must ask for exactly these scopes; tests check both ways.
-METHOD_SCOPES = {
-    "auth.test": None,
-    "apps.connections.open": None,     # Socket Mode, with the app-level token's connections:write
-    "chat.postMessage": "chat:write",
-    "files.getUploadURLExternal": "files:write",
-    "files.completeUploadExternal": "files:write",
-    "users.info": "users:read",
-    "usergroups.users.list": "usergroups:read",
+METHOD_SCOPES: dict[str, tuple[str, ...]] = {
+    "auth.test": (),
+    "apps.connections.open": (),     # Socket Mode, with the app-level token's connections:write
+    "chat.postMessage": ("chat:write",),
+    "files.getUploadURLExternal": ("files:write",),
+    "files.completeUploadExternal": ("files:write",),
+    "users.info": ("users:read",),
+    "usergroups.users.list": ("usergroups:read",),
+    # a post whose sender died mid-send is looked for before it is sent again (bot.jobs):
+    # in public and in private channels
+    "conversations.history": ("channels:history", "groups:history"),
+    "conversations.replies": ("channels:history", "groups:history"),
 }
 COMMAND_SCOPE = "commands"
 

@@ -32,8 +32,9 @@ _USER_ID = re.compile(r"^[UW][A-Z0-9]{1,30}$")
 _CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{1,30}$")
 _TOKEN = re.compile(r"<!date\^00000000\^\{_\}\|.>|&(?:amp|lt|gt);|<#[CGD][A-Z0-9]{1,30}>")
 ESCAPE_TOKEN = re.compile(r"<!date\^00000000\^\{_\}\|[*_~`]>")   # what escape() writes, for tests
-# control characters and noncharacters never reach a message
-_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufdd0-\ufdef\ufffe\uffff]")
+# control characters, noncharacters and bidi overrides never reach a message
+_INVISIBLE = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+                        "\ufdd0-\ufdef\ufffe\uffff]")
 
 
 def escape(text: str, links: frozenset[str] | set[str] = frozenset()) -> str:

@@ -66,8 +66,9 @@ def fraction(v: kpis.Value) -> str:
     """'16,822 / 17,855': the numerator and denominator behind a rate."""
     if v.denominator is None:
         return ""
-    money_num = v.unit == "money" or v.name == "roi"
-    return f"{_num(v.numerator, money_num)} / {_num(v.denominator, v.name == 'roi')}"
+    k = kpis.find(v.name)[0]
+    return (f"{_num(v.numerator, k.numerator_unit == 'money')} / "
+            f"{_num(v.denominator, k.denominator_unit == 'money')}")
 
 
 def change(now: kpis.Value, before: kpis.Value, good: str | None) -> str:
@@ -91,12 +92,6 @@ def change(now: kpis.Value, before: kpis.Value, good: str | None) -> str:
         better = (diff > 0) == (good == "up")
         return f"{arrow} {text} ({'better' if better else 'worse'})"
     return f"{arrow} {text}"
-
-
-def currency_of(sec: Section) -> str | None:
-    if len(sec.currencies) == 1:
-        return sec.currencies[0]
-    return "mixed currencies" if sec.currencies else None
 
 
 def shown_kpis(rep: Report, channel: str) -> list[kpis.Kpi]:
@@ -131,7 +126,7 @@ def card(rep: Report) -> str:
         lines.append(f"compared with {rep.previous_period.label}")
     for ch in rep.channels:
         sec = rep.current[ch]
-        cur = currency_of(sec)
+        cur = sec.currency
         rows = []
         heads = {k.name for k in rep.headline(ch)}
         marks = {}
@@ -186,8 +181,8 @@ def breakdown_table(rep: Report, limit: int = 25) -> str:
     """The breakdown as an aligned table: volume and the headline KPIs per value."""
     ch = rep.dim_channel or rep.channels[0]
     heads = rep.headline(ch)[:2]
-    vol = "sent" if ch == "sms" else "dialed"
-    cur = currency_of(rep.current[ch])
+    vol = kpis.VOLUME[ch]
+    cur = rep.current[ch].currency
     rows = [(rep.dim, vol) + tuple(k.label for k in heads)]
     for key, secs in rep.breakdown[:limit]:
         s = secs.get(ch)
@@ -197,56 +192,6 @@ def breakdown_table(rep: Report, limit: int = 25) -> str:
     out = table(rows, right={1, 2, 3})
     if len(rep.breakdown) > limit:
         out += f"\n… and {len(rep.breakdown) - limit} more"
-    return out
-
-
-def _metrics_json(rep: Report, sections: dict[str, Section]) -> dict:
-    """name -> metric; for a campaign with SMS and calls, "sms.name" and "call.name"."""
-    if len(rep.channels) == 1:
-        (sec,) = sections.values()
-        return {n: v.as_json() for n, v in sec.metrics.items()}
-    return {f"{ch}.{n}": v.as_json() for ch, sec in sections.items()
-            for n, v in sec.metrics.items()}
-
-
-def _with_benchmarks(rep: Report, metrics: dict) -> dict:
-    """A metric with a benchmark carries it: ``{low, high, critical, source, year, url,
-    status}``."""
-    for ch, sec in rep.current.items():
-        for k in kpis.REGISTRY[ch].values():
-            b = rep.benchmarks.get((ch, k.name))
-            key = k.name if len(rep.channels) == 1 else f"{ch}.{k.name}"
-            if b is not None and key in metrics:
-                metrics[key]["benchmark"] = b.as_json(sec.metrics[k.name].value, k.good)
-    return metrics
-
-
-def card_json(rep: Report) -> dict:
-    tz = zone(rep.tz)
-    c = rep.campaign
-    out = {
-        "campaign": c.name, "channel": c.channel, "goal": c.goal,
-        "period": {**rep.period.iso(tz), "label": rep.period.label, "timezone": rep.tz},
-        "currency": {ch: currency_of(sec) for ch, sec in rep.current.items()},
-        "headline": {ch: [k.name for k in rep.headline(ch)] for ch in rep.channels},
-        "metrics": _with_benchmarks(rep, _metrics_json(rep, rep.current)),
-        "previous": None,
-    }
-    if rep.previous:
-        out["previous"] = {"period": {**rep.previous_period.iso(tz),
-                                      "label": rep.previous_period.label},
-                           "metrics": _metrics_json(rep, rep.previous)}
-    for ch, sec in rep.current.items():
-        if sec.dispositions:
-            out["dispositions"] = [{"disposition": n, "count": k, "share": s}
-                                   for n, k, s in sec.dispositions]
-    out["trend"] = {"unit": rep.trend_unit, "points": [
-        {rep.trend_unit: label, **{f"{ch}.{k}" if len(rep.channels) > 1 else k: v
-                                   for ch, c_ in cs.items() for k, v in c_.items()}}
-        for label, cs in rep.trend]}
-    if rep.dim:
-        out["breakdown"] = [{rep.dim: key, "metrics": _metrics_json(rep, secs)}
-                            for key, secs in rep.breakdown]
     return out
 
 
@@ -261,16 +206,14 @@ def campaign_list(rows: list[dict]) -> str:
     return table(out, right={3})
 
 
-def help_text(usage: dict, examples: list[str], not_yet: tuple) -> str:
+def help_text(usage: dict, examples: list[str]) -> str:
     lines = ["/kpi: campaign KPIs from your SMS and call exports.", ""]
-    lines += [f"  {u}" for n, u in usage.items() if n not in not_yet]
+    lines += [f"  {u}" for u in usage.values()]
     lines += ["", "Periods: 7d, 30d, 24h, today, yesterday, this-week, last-week, this-month, "
               "last-month, 2026-10 (a month), 2026-10-01 (since a date), two dates (a range).",
               "Dimensions: day, week, hour, weekday, segment, variant, country, status, error, "
               "disposition, agent, and any imported attribute column.",
               "", "Examples:"] + [f"  {e}" for e in examples]
-    if not_yet:
-        lines += ["", "Coming later: " + ", ".join(f"/kpi {n}" for n in not_yet) + "."]
     return "\n".join(lines)
 
 
@@ -325,7 +268,7 @@ def digest_lines(d) -> dict:
         (f" · {day(a)}" if a.date() == b.date() else f" · {day(a)} – {day(b)}")
     lines = []
     for ln in d.lines:
-        vol = "sent" if ln.channel == "sms" else "dialed"
+        vol = kpis.VOLUME[ln.channel]
         parts = [f"{ln.volume:,} {vol}"]
         for k, now, before in ln.values:
             ch = change(now, before, k.good)

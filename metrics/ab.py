@@ -46,8 +46,7 @@ class NotComparable(KpiBotError):
 def proportions(channel: str) -> list[kpis.Kpi]:
     """The channel's KPIs that are a share of something: successes over trials, each
     trial a success or not (ROI and list growth are rates, but not of that kind)."""
-    return [k for k in kpis.REGISTRY[channel].values()
-            if k.unit == "percent" and k.name not in ("roi", "list_growth_rate")]
+    return [k for k in kpis.REGISTRY[channel].values() if k.proportion]
 
 
 def rate_for(channel: str, goal: str | None, name: str | None = None) -> kpis.Kpi:

@@ -7,17 +7,16 @@ metric over the trailing window (with the KPI engine), moves the pair's state
 claims a post keyed by rule, campaign, episode and transition, in the same transaction
 as the state change. A second evaluator on the same database (another bot, a retry)
 finds the state already moved and the key already taken, so nothing is claimed twice.
-Sending the claimed posts is the caller's job (``bot/``); see :func:`pending`,
-:func:`mark_sent` and :func:`mark_failed`.
+The claims go into the outbox (``metrics.outbox``); sending them is the caller's job
+(``bot/jobs.py``).
 """
 from __future__ import annotations
 
-import json
 import math
 import operator
 from dataclasses import dataclass
 
-from . import kpis
+from . import kpis, outbox
 from .engine import Campaign, Reader, campaigns_with_channel, find_campaign
 from .errors import KpiBotError
 from .store import Store, iso, utcnow
@@ -26,8 +25,6 @@ from .times import zone
 OPS = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 DEFAULT_WINDOW_S = 24 * 3600
 DEFAULT_MIN_VOLUME = 100
-RETRY_BASE_S = 30
-RETRY_MAX_S = 3600
 
 
 class AlertError(KpiBotError):
@@ -162,6 +159,9 @@ def _check_threshold(metric: str, value: float, what: str) -> None:
                          f"{value:,g} would never be crossed")
     if abs(value) > MAX_AMOUNT:
         raise AlertError(f"the {what} {value:,g} would never be crossed")
+    if 0 < abs(value) < 1e-9:
+        raise AlertError(f"the {what} {value:g} is too small to tell from 0: use 0 or a "
+                         "larger number")
 
 
 def remove_rule(store: Store, rule_id: int) -> Rule:
@@ -252,10 +252,8 @@ def measure(store: Store, camp: Campaign, channel: str, metric: str, start: int,
         counters = reader.grouped(channel, start, end, None, reach=metric == "reach").get("", {})
         if cache is not None:
             cache[key] = counters
-    value = kpis.REGISTRY[channel][metric].compute(counters)
-    volume = value.denominator if value.denominator is not None else counters.get(
-        "sent" if channel == "sms" else "dialed", 0)
-    return value, int(volume or 0)
+    k = kpis.REGISTRY[channel][metric]
+    return k.compute(counters), k.volume(counters)
 
 
 def evaluate(store: Store, now: int, *, dry_run: bool = False,
@@ -274,27 +272,17 @@ def evaluate(store: Store, now: int, *, dry_run: bool = False,
     # then every state change and claim in one write transaction: a second evaluator
     # waits for it and then finds the states moved and the keys taken
     notices = []
-    conn = store.conn
-    if not dry_run:
-        conn.execute("BEGIN IMMEDIATE")
-    try:
+    with store.transaction(dry_run=dry_run) as conn:
         for rule, camp, value, volume, window in measured:
-            notice = _step(store, rule, camp, value, volume, window, now, dry_run, evaluator)
+            notice = _step(conn, rule, camp, value, volume, window, now, evaluator)
             if notice is not None:
                 notices.append(notice)
-        if not dry_run:
-            conn.commit()
-    except BaseException:
-        if not dry_run:
-            conn.rollback()
-        raise
     return notices
 
 
-def _step(store: Store, rule: Rule, camp: Campaign, value: kpis.Value, volume: int,
-          window: tuple[int, int], now: int, dry_run: bool, evaluator: str | None):
+def _step(conn, rule: Rule, camp: Campaign, value: kpis.Value, volume: int,
+          window: tuple[int, int], now: int, evaluator: str | None):
     """One pair's transition and its claim (inside evaluate's write transaction)."""
-    conn = store.conn
     row = conn.execute("SELECT state, episode, since, snoozed_until, last_posted FROM "
                        "alert_states WHERE rule_id = ? AND campaign_id = ?",
                        (rule.id, camp.id)).fetchone()
@@ -318,14 +306,9 @@ def _step(store: Store, rule: Rule, camp: Campaign, value: kpis.Value, volume: i
         key = f"alert:{rule.id}:{camp.id}:{episode}:{suffix}"
         thread = None if kind == "firing" else f"alert:{rule.id}:{camp.id}:{episode}:fire"
         notice = Notice(key, kind, rule, camp.name, camp.id, value, window, thread)
-    if dry_run:
-        return notice
     if notice is not None:
-        claimed = conn.execute(
-            "INSERT INTO posts(key, kind, channel, payload, status, claimed_at, claimed_by) "
-            "VALUES (?, 'alert', ?, ?, 'claimed', ?, ?) ON CONFLICT(key) DO NOTHING",
-            (notice.key, rule.channel, json.dumps(notice.payload()), now, evaluator)).rowcount
-        if claimed:
+        if outbox.claim(conn, notice.key, "alert", rule.channel, notice.payload(), now,
+                        evaluator):
             last_posted = now
         else:
             notice = None
@@ -351,53 +334,3 @@ def states(store: Store, rule_id: int) -> list[dict]:
                 "s.last_numerator, s.last_denominator, s.last_note FROM alert_states s JOIN "
                 "campaigns c ON c.id = s.campaign_id WHERE s.rule_id = ? ORDER BY c.name_key",
                 (rule_id,))]
-
-
-# -- delivering claimed posts -----------------------------------------------------------------
-
-def pending(store: Store, now: int, kind: str | None = None) -> list[dict]:
-    """Claimed posts not yet sent whose (re)try is due, oldest first (a post another
-    sender is sending right now is not due until its lease ends)."""
-    rows = store.conn.execute(
-        "SELECT key, kind, channel, payload, attempts FROM posts WHERE status != 'sent' AND "
-        "COALESCE(next_attempt, 0) <= ? AND (status != 'sending' OR lease_until <= ?) AND "
-        "(? IS NULL OR kind = ?) ORDER BY claimed_at, key", (now, now, kind, kind)).fetchall()
-    return [{"key": k, "kind": kd, "channel": ch, "payload": json.loads(p), "attempts": a}
-            for k, kd, ch, p, a in rows]
-
-
-SEND_LEASE_S = 120
-
-
-def take(store: Store, key: str, now: int, sender: str) -> bool:
-    """Take a due post for sending; False when another sender has it (or sent it)."""
-    with store.transaction() as conn:
-        return conn.execute(
-            "UPDATE posts SET status = 'sending', claimed_by = ?, lease_until = ? WHERE key = ? "
-            "AND status != 'sent' AND COALESCE(next_attempt, 0) <= ? AND "
-            "(status != 'sending' OR lease_until <= ?)",
-            (sender, now + SEND_LEASE_S, key, now, now)).rowcount == 1
-
-
-def mark_sent(store: Store, key: str, now: int, ts: str | None = None) -> None:
-    with store.transaction() as conn:
-        conn.execute("UPDATE posts SET status = 'sent', sent_at = ?, ts = ?, attempts = "
-                     "attempts + 1, error = NULL WHERE key = ?", (now, ts, key))
-
-
-def mark_failed(store: Store, key: str, now: int, error: str) -> int:
-    """Record a failed send; it is retried with exponential backoff. Returns the delay."""
-    with store.transaction() as conn:
-        attempts = conn.execute("SELECT attempts FROM posts WHERE key = ?", (key,)).fetchone()[0]
-        delay = min(RETRY_MAX_S, RETRY_BASE_S * 2 ** attempts)
-        conn.execute("UPDATE posts SET status = 'failed', attempts = attempts + 1, "
-                     "next_attempt = ?, error = ? WHERE key = ?", (now + delay, error[:500], key))
-    return delay
-
-
-def thread_ts(store: Store, key: str | None) -> str | None:
-    if key is None:
-        return None
-    row = store.conn.execute("SELECT ts FROM posts WHERE key = ? AND status = 'sent'",
-                             (key,)).fetchone()
-    return row[0] if row else None

@@ -95,7 +95,7 @@ def _check(row: dict, path: Path, i: int) -> Benchmark | None:
             continue
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             raise KpiBotError(f"{where}: {k} must be a number (a fraction for rates: 0.95)")
-        if kpi.unit == "percent" and metric not in ("roi", "list_growth_rate") and not 0 <= v <= 1:
+        if kpi.proportion and not 0 <= v <= 1:
             raise KpiBotError(f"{where}: {k} = {v} is not a fraction: {metric} is a rate, "
                               "so write 95% as 0.95")
     if nums["low"] is None and nums["high"] is None:

@@ -6,6 +6,7 @@ weekday-by-hour heatmap, call dispositions, an A/B comparison. Sized for Slack's
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from functools import lru_cache
 
@@ -52,6 +53,7 @@ def _figure(title: str, labels: list[str] = (), right: float = 0.97):
     fixed rather than measured by a second layout pass ("tight" doubles the cost)."""
     matplotlib.rcParams["font.family"] = font_family()
     matplotlib.rcParams["font.size"] = 11
+    matplotlib.rcParams["text.parse_math"] = False    # a name with $...$ is text, not TeX
     fig = Figure(figsize=SIZE, dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
@@ -70,11 +72,23 @@ def _width(s: str) -> int:
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in s)
 
 
+# The scripts the fonts promise (Latin, Greek, Cyrillic, Georgian, CJK, Hangul, full-width
+# forms): a glyph missing from these is a bug. Anything else a name may hold (an emoji, a
+# script without a font here) is drawn as a box rather than costing the chart.
+_PROMISED = ((0x20, 0x24F), (0x370, 0x4FF), (0x10A0, 0x10FF), (0x2E80, 0x9FFF),
+             (0xAC00, 0xD7AF), (0xFF00, 0xFFEF))
+_GLYPH = re.compile(r"Glyph (\d+)")
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", UserWarning)   # a missing glyph is a bug, not a box
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
         fig.savefig(buf, format="png", dpi=DPI, pil_kwargs={"compress_level": 3})
+    for w in caught:
+        m = _GLYPH.search(str(w.message))
+        if m is None or any(lo <= int(m.group(1)) <= hi for lo, hi in _PROMISED):
+            raise RuntimeError(f"chart drawn wrongly: {w.message}")
     return buf.getvalue()
 
 
@@ -94,7 +108,7 @@ def _pct(axis, top: float | None = None) -> None:
 def _rate_kpi(channel: str, goal: str | None) -> kpis.Kpi:
     """The rate a chart plots: the goal's first headline rate, else the channel's main."""
     for k in kpis.ordered(channel, goal):
-        if k.unit == "percent" and k.name != "roi":
+        if k.proportion:
             return k
     return kpis.REGISTRY[channel]["delivery_rate" if channel == "sms" else "answer_rate"]
 
@@ -105,15 +119,14 @@ def trend(rep: Report, metric: str | None = None, threshold: float | None = None
     ch = next((c for c in rep.channels if metric in kpis.REGISTRY[c]), rep.channels[0]) \
         if metric else rep.channels[0]
     rate = kpis.REGISTRY[ch][metric] if metric else _rate_kpi(ch, rep.campaign.goal)
-    vol_name = "sent" if ch == "sms" else "dialed"
     labels = [label for label, _ in rep.trend]
-    vols = [cs.get(ch, {}).get(vol_name, 0) for _, cs in rep.trend]
+    vols = [kpis.volume(ch, cs.get(ch, {})) for _, cs in rep.trend]
     values = [rate.compute(cs.get(ch, {})).value for _, cs in rep.trend]
     fig, ax = _figure(f"{rep.campaign.name} · {rep.period.label}", right=0.9)
     x = range(len(labels))
-    ax.bar(x, vols, color=BAR, label=vol_name)
+    ax.bar(x, vols, color=BAR, label=kpis.VOLUME[ch])
     ax.set_ylim(0, max(vols, default=0) * 1.6 or 1)       # bars low, the line above them
-    ax.set_ylabel(f"{vol_name} per {rep.trend_unit} (bars)", color="#4a6fa5")
+    ax.set_ylabel(f"{kpis.VOLUME[ch]} per {rep.trend_unit} (bars)", color="#4a6fa5")
     ax.yaxis.set_major_locator(MaxNLocator(5, integer=True))
     ax.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax2 = ax.twinx()

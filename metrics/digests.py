@@ -32,6 +32,13 @@ class Subscription:
     tz: str
     channel: str | None
     created_by: str | None
+    created_at: str | None = None    # ISO 8601, UTC
+
+    @property
+    def created_ts(self) -> int | None:
+        """When it was added, as UTC seconds: a digest is never due before then."""
+        return int(dt.datetime.fromisoformat(self.created_at).timestamp()) \
+            if self.created_at else None
 
     def describe(self) -> str:
         when = "every day" if self.frequency == "daily" else \
@@ -58,9 +65,12 @@ def add(store: Store, frequency: str, at: str, tz: str, *, weekday: int | None =
     return get(store, cur.lastrowid)
 
 
+_COLUMNS = "id, frequency, weekday, at, tz, channel, created_by, created_at"
+
+
 def get(store: Store, digest_id: int) -> Subscription:
-    row = store.conn.execute("SELECT id, frequency, weekday, at, tz, channel, created_by FROM "
-                             "digests WHERE id = ?", (digest_id,)).fetchone()
+    row = store.conn.execute(f"SELECT {_COLUMNS} FROM digests WHERE id = ?",
+                             (digest_id,)).fetchone()
     if row is None:
         raise DigestError(f"there is no digest #{digest_id} (see `/kpi digest list`)")
     return Subscription(*row)
@@ -68,7 +78,7 @@ def get(store: Store, digest_id: int) -> Subscription:
 
 def subscriptions(store: Store) -> list[Subscription]:
     return [Subscription(*r) for r in store.conn.execute(
-        "SELECT id, frequency, weekday, at, tz, channel, created_by FROM digests ORDER BY id")]
+        f"SELECT {_COLUMNS} FROM digests ORDER BY id")]
 
 
 def remove(store: Store, digest_id: int) -> Subscription:
@@ -125,7 +135,7 @@ def build(store: Store, start: int, end: int, prev_start: int, prev_end: int,
         reader = Reader(store, camp, tz)
         for channel in reader.channels_with_data():
             now_c = reader.grouped(channel, start, end, None).get("", {})
-            volume = now_c.get("sent" if channel == "sms" else "dialed", 0)
+            volume = kpis.volume(channel, now_c)
             if not volume:
                 continue
             before_c = reader.grouped(channel, prev_start, prev_end, None).get("", {})
@@ -137,7 +147,7 @@ def build(store: Store, start: int, end: int, prev_start: int, prev_end: int,
                 digest.northstar[1].append((name, now_v[north]))
             for k in heads:
                 a, b = now_v[k.name], before_v[k.name]
-                if k.unit == "percent" and k.name != "roi" and a.value is not None and \
+                if k.proportion and a.value is not None and \
                         b.value is not None and \
                         (a.denominator or 0) >= MIN_MOVER_VOLUME and \
                         (b.denominator or 0) >= MIN_MOVER_VOLUME:

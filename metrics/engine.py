@@ -67,7 +67,14 @@ class Section:
 
     @property
     def volume(self) -> int:
-        return self.counters.get("sent" if self.channel == "sms" else "dialed", 0)
+        return kpis.volume(self.channel, self.counters)
+
+    @property
+    def currency(self) -> str | None:
+        """The currency of its money: one code, "mixed currencies", or None."""
+        if len(self.currencies) == 1:
+            return self.currencies[0]
+        return "mixed currencies" if self.currencies else None
 
 
 @dataclass
@@ -92,6 +99,57 @@ class Report:
 
     def headline(self, channel: str) -> list[kpis.Kpi]:
         return kpis.headline(channel, self.campaign.goal)
+
+    def as_json(self) -> dict:
+        """The card as data (``kpibot kpi --json``): campaign, channel, goal, period,
+        metrics (each with value, numerator, denominator, unit, and its benchmark where
+        there is one), previous, dispositions, trend and breakdown."""
+        tz = zone(self.tz)
+        c = self.campaign
+        out = {
+            "campaign": c.name, "channel": c.channel, "goal": c.goal,
+            "period": {**self.period.iso(tz), "label": self.period.label, "timezone": self.tz},
+            "currency": {ch: sec.currency for ch, sec in self.current.items()},
+            "headline": {ch: [k.name for k in self.headline(ch)] for ch in self.channels},
+            "metrics": self._with_benchmarks(self._metrics_json(self.current)),
+            "previous": None,
+        }
+        if self.previous:
+            out["previous"] = {"period": {**self.previous_period.iso(tz),
+                                          "label": self.previous_period.label},
+                               "metrics": self._metrics_json(self.previous)}
+        for sec in self.current.values():
+            if sec.dispositions:
+                out["dispositions"] = [{"disposition": n, "count": k, "share": s}
+                                       for n, k, s in sec.dispositions]
+        several = len(self.channels) > 1
+        out["trend"] = {"unit": self.trend_unit, "points": [
+            {self.trend_unit: label, **{f"{ch}.{k}" if several else k: v
+                                        for ch, c_ in cs.items() for k, v in c_.items()}}
+            for label, cs in self.trend]}
+        if self.dim:
+            out["breakdown"] = [{self.dim: key, "metrics": self._metrics_json(secs)}
+                                for key, secs in self.breakdown]
+        return out
+
+    def _metrics_json(self, sections: dict[str, Section]) -> dict:
+        """name -> metric; for a campaign with SMS and calls, "sms.name" and "call.name"."""
+        if len(self.channels) == 1:
+            (sec,) = sections.values()
+            return {n: v.as_json() for n, v in sec.metrics.items()}
+        return {f"{ch}.{n}": v.as_json() for ch, sec in sections.items()
+                for n, v in sec.metrics.items()}
+
+    def _with_benchmarks(self, metrics: dict) -> dict:
+        """A metric with a benchmark carries it: ``{low, high, critical, source, year, url,
+        status}``."""
+        for ch, sec in self.current.items():
+            for k in kpis.REGISTRY[ch].values():
+                b = self.benchmarks.get((ch, k.name))
+                key = k.name if len(self.channels) == 1 else f"{ch}.{k.name}"
+                if b is not None and key in metrics:
+                    metrics[key]["benchmark"] = b.as_json(sec.metrics[k.name].value, k.good)
+        return metrics
 
 
 class TotalTooLarge(KpiBotError):
@@ -468,8 +526,8 @@ def report(store: Store, campaign: str | Campaign, period: Period | None = None,
 
 
 def _volume(channel: str, counters: dict) -> int:
-    return counters.get("messages" if channel == "sms" else "calls", 0) or counters.get(
-        "sent" if channel == "sms" else "dialed", 0)
+    return counters.get("messages" if channel == "sms" else "calls", 0) or kpis.volume(
+        channel, counters)
 
 
 def dimensions(reader: Reader, channels: list[str]) -> list[str]:

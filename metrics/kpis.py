@@ -23,21 +23,44 @@ class Kpi:
     good: str | None                   # 'up', 'down' or None (neither)
     definition: str
     proportion: bool = False           # a share of its denominator: between 0% and 100%
+    money_ratio: bool = False          # money over money (ROI): both parts are amounts
+
+    @property
+    def numerator_unit(self) -> str:
+        """What the numerator counts: 'money' (an amount) or 'count'."""
+        return "money" if self.unit == "money" or self.money_ratio else "count"
+
+    @property
+    def denominator_unit(self) -> str:
+        return "money" if self.money_ratio else "count"
+
+    def volume(self, c: Counters) -> int:
+        """How much this value rests on: its denominator when that is a count, else the
+        channel's volume (sent or dialed). Alerts require a minimum of it."""
+        if self.denominator is not None and self.denominator_unit == "count":
+            return int(self.denominator(c) or 0)
+        return volume(self.channel, c)
 
     def compute(self, c: Counters) -> "Value":
         if self.name == "reach" and "reach" not in c:   # not counted for this group
             return Value(self.name, None, None, None, self.unit)
         num = self.numerator(c)
-        money_num = self.unit == "money" or self.name == "roi"
-        numerator = _units(num, "money" if money_num else "count")
+        numerator = _units(num, self.numerator_unit)
         if self.denominator is None:
             return Value(self.name, numerator, numerator, None, self.unit)
         den = self.denominator(c)
         value = None if not den else num / den
         if value is not None and self.unit == "money":   # micro-units per X -> units per X
             value /= 1_000_000
-        return Value(self.name, value, numerator,
-                     _units(den, "money" if self.name == "roi" else "count"), self.unit)
+        return Value(self.name, value, numerator, _units(den, self.denominator_unit), self.unit)
+
+
+VOLUME = {"sms": "sent", "call": "dialed"}    # what a channel's volume counts
+
+
+def volume(channel: str, c: Counters) -> int:
+    """A channel's volume in ``c``: SMS sent, calls dialed."""
+    return c.get(VOLUME[channel], 0)
 
 
 def _units(x: float, unit: str) -> float:
@@ -91,7 +114,7 @@ SMS = [
     Kpi("cost_per_conversion", "Cost per conversion", "sms", "money", _cost, _c("converted"),
         "down", "cost / conversions"),
     Kpi("roi", "ROI", "sms", "percent", _revenue_minus_cost, _cost, "up",
-        "(revenue - cost) / cost"),
+        "(revenue - cost) / cost", money_ratio=True),
     Kpi("cost", "Cost", "sms", "money", _cost, None, None, "sum of message costs"),
     Kpi("revenue", "Revenue", "sms", "money", _c("revenue_micros"), None, "up",
         "sum of revenue from the campaign's messages"),
@@ -122,7 +145,7 @@ CALLS = [
     Kpi("cost_per_conversion", "Cost per conversion", "call", "money", _cost, _c("converted"),
         "down", "cost / conversions"),
     Kpi("roi", "ROI", "call", "percent", _revenue_minus_cost, _cost, "up",
-        "(revenue - cost) / cost"),
+        "(revenue - cost) / cost", money_ratio=True),
     Kpi("cost", "Cost", "call", "money", _cost, None, None, "sum of call costs"),
     Kpi("revenue", "Revenue", "call", "money", _c("revenue_micros"), None, "up",
         "sum of revenue from the campaign's calls"),

@@ -56,7 +56,7 @@ class Board:
 
 def floor(k: kpis.Kpi) -> int:
     """The denominator a campaign needs to be ranked on ``k``."""
-    if k.denominator is None or k.name == "roi":
+    if k.denominator is None or k.denominator_unit == "money":
         return 0
     return MIN_RANK if k.unit == "percent" else MIN_PER
 

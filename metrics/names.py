@@ -27,7 +27,15 @@ _NONCHARACTERS = "".join(chr(c) for c in range(0xFDD0, 0xFDF0)) + "".join(
 _DROP = dict.fromkeys(map(ord, "".join(
     chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)] if not chr(c).isspace())
     + _NONCHARACTERS))
-_ALL_BAD = frozenset(chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]) | frozenset(_NONCHARACTERS)
+# Invisible format characters (Unicode category Cf): zero-width spaces, bidi overrides
+# and isolates (U+202E turns the rest of a line around), soft hyphens, BOMs. Two names
+# that look the same are then one name. Kept: the zero-width joiner and non-joiner, which
+# emoji sequences and Persian words need.
+_FORMAT = "".join(chr(c) for c in range(0x10000) if unicodedata.category(chr(c)) == "Cf"
+                  and c not in (0x200C, 0x200D))
+_DROP.update(dict.fromkeys(map(ord, _FORMAT)))
+_ALL_BAD = frozenset(chr(c) for c in [*range(0x20), *range(0x7F, 0xA0)]) \
+    | frozenset(_NONCHARACTERS) | frozenset(_FORMAT)
 
 
 def clean_label(text: str) -> str:

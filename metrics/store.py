@@ -12,31 +12,13 @@ import hashlib
 import os
 import secrets
 import sqlite3
-import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-
-def _import_sqlite_utils():
-    """sqlite-utils imports pandas whenever it is installed, only to map pandas types when
-    creating tables from DataFrames, which kpibot never does; that costs 60 MB and half a
-    second on every start (`kpibot ask`, the import's writer). Hide pandas while it loads,
-    unless something already imported it."""
-    if "pandas" in sys.modules:
-        import sqlite_utils
-        return sqlite_utils
-    sys.modules["pandas"] = None   # type: ignore[assignment]  (makes `import pandas` fail)
-    try:
-        import sqlite_utils
-    finally:
-        del sys.modules["pandas"]
-    return sqlite_utils
-
-
-sqlite_utils = _import_sqlite_utils()
-from sqlite_utils.migrations import Migrations  # noqa: E402
+if TYPE_CHECKING:
+    import sqlite_utils
 
 from .errors import HashKeyMismatch, SchemaTooNew, StoreError
 from .names import merged_channel, name_key
@@ -46,11 +28,18 @@ GOALS = ("lead-gen", "sales", "appointments", "support", "awareness", "info")
 HASH_KEY_ENV = "KPIBOT_HASH_KEY"
 HASH_KEY_FILE = ".kpibot-hash-key"
 
-migrations = Migrations("kpibot")
+MIGRATION_SET = "kpibot"
+MIGRATIONS: list = []     # the schema's history, in order: functions of a sqlite_utils Database
 
 
-@migrations()
-def m001_core(db: sqlite_utils.Database) -> None:
+def migration(fn):
+    """Register ``fn`` as the next migration (``sqlite_utils.Migrations`` applies them)."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_core(db: "sqlite_utils.Database") -> None:
     db.executescript(
         """
         CREATE TABLE settings (
@@ -174,8 +163,8 @@ def m001_core(db: sqlite_utils.Database) -> None:
 
 
 
-@migrations()
-def m002_rollups(db: sqlite_utils.Database) -> None:
+@migration
+def m002_rollups(db: "sqlite_utils.Database") -> None:
     """Rollup tables for fast answers (filled by ``metrics.rollup``), the triggers that
     mark slots dirty when events change, and what reach is counted from."""
     from .rollup import KINDS, rebuild, slot_sql
@@ -242,8 +231,8 @@ def m002_rollups(db: sqlite_utils.Database) -> None:
     rebuild(db.conn)
 
 
-@migrations()
-def m003_alerts(db: sqlite_utils.Database) -> None:
+@migration
+def m003_alerts(db: "sqlite_utils.Database") -> None:
     """Alert rules, the state machine of each rule-and-campaign pair, and the posts
     claimed before they are sent (so that no post goes out twice)."""
     db.executescript(
@@ -298,8 +287,8 @@ def m003_alerts(db: sqlite_utils.Database) -> None:
         """)
 
 
-@migrations()
-def m004_digests(db: sqlite_utils.Database) -> None:
+@migration
+def m004_digests(db: "sqlite_utils.Database") -> None:
     """Digest subscriptions: daily or weekly at a local time in an IANA zone."""
     db.executescript(
         """
@@ -316,18 +305,16 @@ def m004_digests(db: sqlite_utils.Database) -> None:
         """)
 
 
-@migrations()
-def m005_seen_requests(db: sqlite_utils.Database) -> None:
-    """Requests already handled (a signed request's signature, an event's id), so that a
-    replay or a retry is answered without running again; kept for minutes."""
-    db.executescript(
-        """
-        CREATE TABLE seen_requests (
-            key TEXT PRIMARY KEY,
-            seen_at INTEGER NOT NULL
-        ) WITHOUT ROWID;
-        CREATE INDEX seen_requests_at ON seen_requests(seen_at);
-        """)
+# The inbox database's schema (see Store.inbox): requests already handled (a signed
+# request's signature, an event's id), so that a replay or a retry is answered without
+# running again; kept for minutes. Created as it is first opened.
+INBOX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS seen_requests (
+    key TEXT PRIMARY KEY,
+    seen_at INTEGER NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_requests_at ON seen_requests(seen_at);
+"""
 
 
 def _enter_wal(conn: sqlite3.Connection, timeout_s: float = 30) -> None:
@@ -349,7 +336,19 @@ def _enter_wal(conn: sqlite3.Connection, timeout_s: float = 30) -> None:
 
 def _known_migrations() -> list[str]:
     """The names of the migrations this code has, in order."""
-    return [m.name for m in migrations._migrations]
+    return [fn.__name__ for fn in MIGRATIONS]
+
+
+def _apply_migrations(conn: sqlite3.Connection) -> None:
+    """Apply the pending migrations with sqlite-utils' ``Migrations``. sqlite-utils is
+    loaded here only, when a database is created or upgraded: importing it loads pandas
+    when pandas is installed (0.3 s), which no other command needs."""
+    import sqlite_utils
+    from sqlite_utils.migrations import Migrations
+    migrations = Migrations(MIGRATION_SET)
+    for fn in MIGRATIONS:
+        migrations()(fn)
+    migrations.apply(sqlite_utils.Database(conn))
 
 
 def _read_key(path: Path) -> bytes:
@@ -455,7 +454,6 @@ class Store:
             conn = sqlite3.connect(str(self.path), timeout=30, check_same_thread=False)
         except sqlite3.Error as exc:
             raise open_error(self.path, exc) from exc
-        self.db = sqlite_utils.Database(conn)
         self.conn = conn
         try:
             if str(path) != ":memory:":
@@ -485,7 +483,7 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             if self._pending():      # again under the lock: another process may have done it
-                migrations.apply(self.db)
+                _apply_migrations(self.conn)
                 self.conn.execute(f"PRAGMA user_version = {len(_known_migrations())}")
             self.conn.commit()
         except BaseException:
@@ -500,7 +498,10 @@ class Store:
         ``user_version`` was kept), or a ``PRAGMA user_version`` (the number of migrations
         applied, set whenever kpibot migrates) above the number this code knows."""
         known = _known_migrations()
-        applied = [m.name for m in migrations.applied(self.db)]
+        applied = [name for (name,) in self.conn.execute(
+            "SELECT name FROM _sqlite_migrations WHERE migration_set = ? ORDER BY rowid",
+            (MIGRATION_SET,))] if self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = '_sqlite_migrations'").fetchone() else []
         user_version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if set(applied) - set(known) or user_version > len(known):
             raise SchemaTooNew(str(self.path), max(len(applied), user_version), len(known))
@@ -513,6 +514,8 @@ class Store:
 
     def close(self) -> None:
         self.conn.close()
+        if getattr(self, "_inbox", None) is not None:
+            self._inbox.close()
 
     def __enter__(self) -> "Store":
         return self
@@ -521,14 +524,20 @@ class Store:
         self.close()
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (BEGIN IMMEDIATE): all of it lands, or none of it."""
+    def transaction(self, *, dry_run: bool = False) -> Iterator[sqlite3.Connection]:
+        """A write transaction (BEGIN IMMEDIATE): all of it lands, or none of it. With
+        ``dry_run`` every write is made and seen inside, then rolled back: the one way
+        kpibot shows what a change would do (an import, an alert check) without making
+        it."""
         if self.conn.in_transaction:
             raise RuntimeError("nested transaction")
         try:
             self.conn.execute("BEGIN IMMEDIATE")
             yield self.conn
-            self.conn.commit()
+            if dry_run:
+                self.conn.rollback()
+            else:
+                self.conn.commit()
         except BaseException as exc:
             with contextlib.suppress(sqlite3.Error):   # the original error says more
                 self.conn.rollback()
@@ -550,13 +559,46 @@ class Store:
             with self.transaction() as c:
                 c.execute(sql, (key, value))
 
+    # -- the inbox: what must be written while an import holds the database ------------
+    def inbox_path(self) -> Path | None:
+        """The inbox database beside the main one (``kpibot.db`` -> ``kpibot.inbox.db``)."""
+        if str(self.path) == ":memory:":
+            return None
+        return self.path.with_name(f"{self.path.stem}.inbox{self.path.suffix or '.db'}")
+
+    @property
+    def inbox(self) -> sqlite3.Connection:
+        """A connection to the inbox: a small SQLite database of its own, so that its
+        writes (a request seen, soon events acknowledged to a provider) never wait for the
+        main database's write lock, which an import holds for as long as it runs."""
+        conn = getattr(self, "_inbox", None)
+        if conn is None:
+            path = self.inbox_path()
+            try:
+                conn = sqlite3.connect(str(path) if path else ":memory:", timeout=30,
+                                       check_same_thread=False)
+                if path is not None:
+                    _enter_wal(conn)
+                conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA busy_timeout=30000")
+                with conn:
+                    conn.executescript(INBOX_SCHEMA)
+            except sqlite3.Error as exc:
+                raise open_error(path or self.path, exc) from exc
+            self._inbox = conn
+        return conn
+
     def first_seen(self, key: str, now: int, keep_s: int) -> bool:
-        """Record ``key`` (a request's identity) and say whether it is new; keys older than
-        ``keep_s`` are forgotten on the way."""
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM seen_requests WHERE seen_at < ?", (now - keep_s,))
-            return conn.execute("INSERT INTO seen_requests(key, seen_at) VALUES (?, ?) "
-                                "ON CONFLICT(key) DO NOTHING", (key, now)).rowcount == 1
+        """Record ``key`` (a request's identity) in the inbox and say whether it is new;
+        keys older than ``keep_s`` are forgotten on the way."""
+        conn = self.inbox
+        try:
+            with conn:
+                conn.execute("DELETE FROM seen_requests WHERE seen_at < ?", (now - keep_s,))
+                return conn.execute("INSERT INTO seen_requests(key, seen_at) VALUES (?, ?) "
+                                    "ON CONFLICT(key) DO NOTHING", (key, now)).rowcount == 1
+        except sqlite3.Error as exc:
+            raise (write_error(self.inbox_path(), exc) or exc) from exc
 
     def timezone(self) -> str:
         """The team's IANA time zone: ``$KPIBOT_TZ``, then the stored setting, then UTC."""
@@ -669,4 +711,6 @@ class Store:
             conn.execute("UPDATE campaigns SET goal = ? WHERE id = ?", (goal, campaign_id))
 
     def campaigns(self) -> list[dict[str, Any]]:
-        return [dict(r) for r in self.db.query("SELECT * FROM campaigns ORDER BY name_key")]
+        cur = self.conn.execute("SELECT * FROM campaigns ORDER BY name_key")
+        names = [d[0] for d in cur.description]
+        return [dict(zip(names, r)) for r in cur]

@@ -28,6 +28,9 @@ class BadTimezone(KpiBotError):
 
 @lru_cache(maxsize=64)
 def zone(name: str) -> dt.tzinfo:
+    if name.startswith("right/"):    # clocks with leap seconds: no team's clock is
+        raise BadTimezone(f"'{name}' counts leap seconds, which clocks do not: use "
+                          f"'{name[6:]}' instead.")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):

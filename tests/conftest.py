@@ -13,8 +13,11 @@ BANK = SHARED / "data" / "bank-marketing" / "bank-full.csv"
 
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch):
-    for name in ("KPIBOT_DB", "KPIBOT_TZ", "KPIBOT_HASH_KEY", "KPIBOT_REGION"):
-        monkeypatch.delenv(name, raising=False)
+    """No test sees the settings of the shell it runs in: every KPIBOT_* and Slack or
+    Twilio variable is cleared (a test that needs one sets it)."""
+    for name in list(os.environ):
+        if name.startswith(("KPIBOT_", "SLACK_", "TWILIO_")) and name != "KPIBOT_TEST":
+            monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture

@@ -154,7 +154,10 @@ class FakeSlack:
                                           for f in files]}
         if method == "chat.postMessage":
             self.ts = getattr(self, "ts", 1_700_000_000) + 1
-            return {"ok": True, "channel": p.get("channel"), "ts": f"{self.ts}.000100"}
+            p["_ts"] = f"{self.ts}.000100"
+            return {"ok": True, "channel": p.get("channel"), "ts": p["_ts"]}
+        if method in ("conversations.history", "conversations.replies"):
+            return self.history(method, p)
         if method == "apps.connections.open" and self.socket_url:
             return {"ok": True, "url": self.socket_url}
         if method == "users.info":
@@ -164,3 +167,36 @@ class FakeSlack:
         if method == "usergroups.users.list":
             return {"ok": True, "users": self.groups.get(p.get("usergroup"), [])}
         return {"ok": False, "error": "unknown_method"}
+
+    def history(self, method: str, p: dict) -> dict:
+        """The channel's messages (or one thread's), newest first, as Slack returns them:
+        metadata only with include_all_metadata, in pages of ``limit`` with a cursor."""
+        def truthy(v):
+            return v in (True, "true", "1", 1)
+        msgs = []
+        for c in self.of("chat.postMessage"):
+            q = c.params
+            if q.get("channel") != p.get("channel") or "_ts" not in q:
+                continue
+            if float(q["_ts"]) < float(p.get("oldest") or 0):
+                continue
+            thread = q.get("thread_ts")
+            if method == "conversations.replies":
+                if q["_ts"] != p.get("ts") and thread != p.get("ts"):
+                    continue
+            elif thread and not truthy(q.get("reply_broadcast")):
+                continue        # a thread reply shows in the channel only when broadcast
+            m = {"type": "message", "ts": q["_ts"], "text": q.get("text", "")}
+            meta = q.get("metadata")
+            if isinstance(meta, str):
+                meta = json.loads(meta)
+            if meta and truthy(p.get("include_all_metadata")):
+                m["metadata"] = meta
+            msgs.append(m)
+        msgs.sort(key=lambda m: float(m["ts"]), reverse=method == "conversations.history")
+        start = int(p.get("cursor") or 0)
+        limit = int(p.get("limit") or 100)
+        page = msgs[start:start + limit]
+        more = start + limit < len(msgs)
+        return {"ok": True, "messages": page, "has_more": more,
+                "response_metadata": {"next_cursor": str(start + limit) if more else ""}}

@@ -11,7 +11,7 @@ from slack_sdk import WebClient
 
 from bot import jobs, scheduler
 from bot.deps import retry_handlers
-from metrics import alerts
+from metrics import alerts, outbox
 from metrics.importers import import_file
 from metrics.store import Store
 
@@ -49,7 +49,7 @@ def test_firing_then_recovery_threaded_under_it(store, write):
         assert chart.params["thread_ts"] == "1700000001.000100"
         assert chart.params["channel_id"] == "CALERTS"
         assert recover.params["text"].startswith("✅ Recovered: spring opt_out_rate is 1.40%")
-        assert alerts.pending(store, T0 + 10 * H) == []
+        assert outbox.pending(store, T0 + 10 * H) == []
 
 
 def test_slack_failing_then_recovering_posts_once(store, write):

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from metrics import alerts
+from metrics import alerts, outbox
 from metrics.importers import import_file
 from metrics.store import Store
 
@@ -56,9 +56,9 @@ def test_fires_once_recovers_once_with_a_recovery_threshold(flapping):
     assert again.key == f"alert:{rule.id}:1:2:fire"
     (state,) = alerts.states(flapping, rule.id)
     assert state["state"] == "firing" and state["last_numerator"] == 21
-    posts = alerts.pending(flapping, T0 + 9 * H)
-    assert [p["key"] for p in posts] == [fire.key, recover.key, again.key]
-    assert posts[0]["payload"]["threshold"] == 0.02 and posts[0]["channel"] == "CALERTS"
+    posts = outbox.pending(flapping, T0 + 9 * H)
+    assert [p.key for p in posts] == [fire.key, recover.key, again.key]
+    assert posts[0].payload["threshold"] == 0.02 and posts[0].channel == "CALERTS"
 
 
 def test_without_a_recovery_threshold_it_would_flap(flapping):
@@ -93,7 +93,7 @@ def test_a_second_evaluator_at_the_same_time_claims_nothing(flapping, tmp_path):
     for t in threads:
         t.join()
     assert sorted(len(v) for v in results.values()) == [0, 1]
-    assert len(alerts.pending(flapping, T0 + 3 * H)) == 1
+    assert len(outbox.pending(flapping, T0 + 3 * H)) == 1
     # and again later, from either: still one post for this episode
     assert alerts.evaluate(other, T0 + 2 * H) == [] and alerts.evaluate(flapping, T0 + 2 * H) == []
     other.close()
@@ -102,7 +102,7 @@ def test_a_second_evaluator_at_the_same_time_claims_nothing(flapping, tmp_path):
 def test_dry_run_changes_nothing(flapping):
     alerts.add_rule(flapping, "spring", "opt_out_rate", ">", 0.02, window_s=H, min_volume=500)
     assert [n.kind for n in alerts.evaluate(flapping, T0 + 2 * H, dry_run=True)] == ["firing"]
-    assert alerts.pending(flapping, T0 + 3 * H) == []
+    assert outbox.pending(flapping, T0 + 3 * H) == []
     assert flapping.conn.execute("SELECT COUNT(*) FROM alert_states").fetchone()[0] == 0
     assert [n.kind for n in alerts.evaluate(flapping, T0 + 2 * H)] == ["firing"]
 
@@ -137,13 +137,13 @@ def test_a_failed_post_is_retried_with_backoff_not_lost(flapping):
     alerts.add_rule(flapping, "spring", "opt_out_rate", ">", 0.02, window_s=H, min_volume=500)
     (notice,) = alerts.evaluate(flapping, T0 + 2 * H)
     now = T0 + 2 * H
-    assert alerts.mark_failed(flapping, notice.key, now, "ratelimited") == 30
-    assert alerts.pending(flapping, now + 10) == []
-    assert [p["key"] for p in alerts.pending(flapping, now + 30)] == [notice.key]
-    assert alerts.mark_failed(flapping, notice.key, now + 30, "timeout") == 60
-    alerts.mark_sent(flapping, notice.key, now + 100, ts="1700000000.000100")
-    assert alerts.pending(flapping, now + 10_000) == []
-    assert alerts.thread_ts(flapping, notice.key) == "1700000000.000100"
+    assert outbox.mark_failed(flapping, notice.key, now, "ratelimited") == 30
+    assert outbox.pending(flapping, now + 10) == []
+    assert [p.key for p in outbox.pending(flapping, now + 30)] == [notice.key]
+    assert outbox.mark_failed(flapping, notice.key, now + 30, "timeout") == 60
+    outbox.mark_sent(flapping, notice.key, now + 100, ts="1700000000.000100")
+    assert outbox.pending(flapping, now + 10_000) == []
+    assert outbox.thread_ts(flapping, notice.key) == "1700000000.000100"
 
 
 def test_rules_are_checked_when_added(store, write):
@@ -168,7 +168,7 @@ def test_a_post_key_is_claimed_once_even_if_the_state_is_lost(flapping):
     with flapping.transaction() as conn:
         conn.execute("DELETE FROM alert_states")
     assert alerts.evaluate(flapping, T0 + 2 * H) == []
-    assert [p["key"] for p in alerts.pending(flapping, T0 + 3 * H)] == [first.key]
+    assert [p.key for p in outbox.pending(flapping, T0 + 3 * H)] == [first.key]
 
 
 def test_cli_alerts_check_dry_run(tmp_path, write):

@@ -193,7 +193,7 @@ def test_any_name_segment_or_currency_in_a_card_alert_or_digest_is_inert(hostile
     rep = dataclasses.replace(rep, campaign=camp, current={"sms": sec},
                               breakdown=[(other or "x", rep.breakdown[0][1])])
     from bot import text
-    reply = command.Reply(text.card(rep), text.card_json(rep), report=rep)
+    reply = command.Reply(text.card(rep), rep.as_json(), report=rep)
     assert_inert(blocks.message(reply, name))
     payload = {"kind": "firing", "rule_id": 1, "campaign": name, "campaign_id": 1,
                "metric": "opt_out_rate", "unit": "percent", "op": ">", "threshold": 0.02,
@@ -282,6 +282,26 @@ def test_a_replayed_signed_request_runs_once(served):
     s.close()
 
 
+def test_requests_are_answered_at_once_while_an_import_holds_the_database(served):
+    """An import holds the database's write lock for as long as it runs (15 s for a
+    million rows): the replay check writes to the inbox instead, and the answer only
+    reads, so /kpi is acknowledged and answered meanwhile."""
+    import sqlite3
+    fake, url, db = served
+    holder = sqlite3.connect(db)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("UPDATE settings SET value = value")
+    try:
+        t0 = time.monotonic()
+        assert post(url, slash(fake, "kat"))[0] == 200
+        assert time.monotonic() - t0 < 3
+        (reply,) = fake.wait_for("response", timeout=10)
+        assert "Delivery rate" in reply.params["text"]
+    finally:
+        holder.rollback()
+        holder.close()
+
+
 def test_event_retries_are_known_by_their_event_id():
     from slack_bolt import BoltRequest
     body = json.dumps({"type": "event_callback", "event_id": "Ev1", "team_id": "T1",
@@ -361,6 +381,8 @@ def test_a_listener_that_fails_still_answers(served, monkeypatch):
     ("alert remove ²", "which alert?"),
     ("alert snooze 99999999999999999999 1d", "which alert?"),
     ("digest remove ¹", "which digest?"),
+    ("alert add kat ctr > 1e-320%", "too small to tell from 0"),
+    ("digest add daily 09:00 right/Europe/Berlin", "counts leap seconds"),
 ])
 def test_thresholds_outside_sense_are_refused_with_what_to_do(store, write, text_in, said):
     from .test_kpis import SMS
@@ -420,3 +442,55 @@ def test_serve_stops_promptly_on_sigterm_while_a_listener_is_busy(tmp_path, writ
                 proc.kill()
             err = proc.communicate(timeout=10)[1]
     assert "stopping" in err
+
+
+def test_snoozes_are_bounded_too(store, write):
+    from .test_kpis import SMS
+    import_file(store, write("sms.csv", SMS))
+    ctx = Context(store, channel="C1")
+    assert run("alert add kat opt_out_rate > 2%", ctx).ok
+    reply = run("alert snooze 1 99999w", ctx)
+    assert not reply.ok and "snooze for at most 366 days" in reply.text
+    assert "/kpi alert remove 1" in reply.text
+
+
+CHART_NAMES = ["🔥 促销 sale", "$\\undefinedmacro$ and $x^2$", "👍", "ok ☃ ✓", "ﷺ", "a\u0301b"]
+
+
+@pytest.mark.parametrize("name", CHART_NAMES)
+def test_names_any_chart_can_draw(tmp_path, store, write, name):
+    """An emoji or a script without a font is drawn as a box, `$...$` as text: the chart
+    always comes."""
+    rows = ["campaign,message_id,sent_at,recipient,status,clicked,segment,variant"]
+    rows += [f'"{name}",m{i},2026-03-02T{10 + i % 8}:00:00Z,+1415555{i:04d},delivered,'
+             f'{i % 3 == 0},"{name} {i % 2}","{name}{i % 2}"' for i in range(60)]
+    import_file(store, write("c.csv", "\n".join(rows) + "\n"))
+    quoted = '"' + name + '"'
+    for text_in in (quoted, quoted + " by segment", quoted + " by weekday_hour",
+                    "ab " + quoted, "top ctr"):
+        reply = run(text_in, Context(store))
+        assert reply.ok, reply.text
+        for chart_name, png in reply.charts(every=True):
+            assert png[:8] == b"\x89PNG\r\n\x1a\n", chart_name
+
+
+def test_a_chart_that_cannot_be_written_is_one_line(tmp_path, store, write):
+    from .test_kpis import SMS
+    import_file(store, write("sms.csv", SMS))
+    for flag, where in (("--chart", "/proc/nope.png"), ("--chart-dir", "/proc/nope")):
+        r = subprocess.run([sys.executable, "-m", "bot.cli", "ask", "kat", "--db",
+                            str(store.path), flag, where], cwd=ROOT, capture_output=True,
+                           text=True)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert "cannot write the chart to /proc/nope" in r.stderr
+
+
+def test_look_alike_names_are_one_campaign_and_bidi_never_reaches_slack(store, write):
+    names = ["sale", "sa\u200ble", "sale\u2066", "\u200fsale\ufeff"]
+    rows = ["campaign,message_id,sent_at,recipient,status"]
+    rows += [f"{n},m{i},2026-03-02T10:00:00Z,+1415555{i:04d},delivered"
+             for i, n in enumerate(names)]
+    import_file(store, write("zw.csv", "\n".join(rows) + "\n"))
+    assert [c["name"] for c in store.campaigns()] == ["sale"]
+    assert mrkdwn.escape("\u202eelas \u2066x\u2069") == "elas x"
+    assert run("sa\u200ble", Context(store)).ok          # pasted with a zero-width space

@@ -188,11 +188,11 @@ def test_a_total_that_overflows_with_what_is_stored_is_refused(store, write):
 
 def test_the_in_memory_counter_gives_way_before_it_could_wrap(store, write, monkeypatch):
     """Amounts small enough for the numpy counter: its running total is bounded too."""
-    from metrics import rollup
+    from metrics import rollup, rollup_counter
     monkeypatch.setattr(rollup, "MAX_TOTAL_MICROS", 10**13)
     answers = []
-    add = rollup.NewRowCounter.add
-    monkeypatch.setattr(rollup.NewRowCounter, "add",
+    add = rollup_counter.NewRowCounter.add
+    monkeypatch.setattr(rollup_counter.NewRowCounter, "add",
                         lambda self, cols: answers.append(add(self, cols)) or answers[-1])
     p = write("mid.csv", events(*(row(i, "100000") for i in range(200))))   # 2e13 micros
     msg = rejected(store, p)

@@ -5,7 +5,7 @@ import datetime as dt
 
 import pytest
 
-from metrics import engine, kpis, rollup
+from metrics import engine, kpis, reach, rollup, rollup_counter
 from metrics.importers import import_file
 from metrics.periods import resolve
 from metrics.times import zone
@@ -291,28 +291,28 @@ def test_rollups_counted_while_importing_equal_a_recount(store, write, monkeypat
     reach tables equal a recount from the events, after a first import, an overlapping
     second one and a re-import."""
     # folded every few thousand entries: after one batch (4000 rows), or two (1000 + 2000)
-    monkeypatch.setattr(rollup.NewRowCounter, "REDUCE_AT", 2500)
+    monkeypatch.setattr(rollup_counter.NewRowCounter, "REDUCE_AT", 2500)
     writes = []
     if mode == "int32 bound":   # as if 5,000 were int32's limit
-        monkeypatch.setattr(rollup.NewRowCounter, "_EXACT", 5000)
+        monkeypatch.setattr(rollup_counter.NewRowCounter, "_EXACT", 5000)
     if mode in ("written early", "int32 bound"):
         if mode == "written early":
-            monkeypatch.setattr(rollup.NewRowCounter, "WRITE_AT", 1)
-        write_counts = rollup.NewRowCounter.write
+            monkeypatch.setattr(rollup_counter.NewRowCounter, "WRITE_AT", 1)
+        write_counts = rollup_counter.NewRowCounter.write
 
         def counting_writes(self, *a, **k):
             writes.append(self.rows_counted)
             write_counts(self, *a, **k)
-        monkeypatch.setattr(rollup.NewRowCounter, "write", counting_writes)
+        monkeypatch.setattr(rollup_counter.NewRowCounter, "write", counting_writes)
     give_up_after = 2 if mode == "gives up" else None
     counted = []
     if give_up_after is not None:    # as if a later batch held a value it cannot count
-        add = rollup.NewRowCounter.add
+        add = rollup_counter.NewRowCounter.add
 
         def flaky(self, columns):
             counted.append(len(columns[0]))
             return len(counted) <= give_up_after and add(self, columns)
-        monkeypatch.setattr(rollup.NewRowCounter, "add", flaky)
+        monkeypatch.setattr(rollup_counter.NewRowCounter, "add", flaky)
 
     def snapshot():
         return [store.conn.execute(f"SELECT * FROM {t} ORDER BY {o}").fetchall()
@@ -350,7 +350,7 @@ def test_the_counter_leaves_values_it_cannot_count_exactly_to_sql(store):
     row.update(message_key="m1", campaign_id=1, sent_at=1_772_000_000, direction="outbound",
                status="delivered", clicked=0, converted=0, opted_out=0, replied=0,
                spam_complaint=0, cost_micros=10_000, import_id=1)
-    c = rollup.NewRowCounter(store.conn, "message", MESSAGE_COLUMNS)
+    c = rollup_counter.NewRowCounter(store.conn, "message", MESSAGE_COLUMNS)
     assert c.add([[v] for v in row.values()])
     for odd in ({"cost_micros": 0.5}, {"cost_micros": "10"}, {"sent_at": 1.5e9},
                 {"cost_micros": 1 << 50}, {"segment": 7.0}, {"converted": 1.0},
@@ -395,7 +395,7 @@ def test_reach_is_exact_for_any_period_and_after_later_imports(store, write):
         assert whole == len({r for _, r, st in events if st == "delivered"})
         snapshot = store.conn.execute("SELECT * FROM deliveries ORDER BY 1, 2, 3").fetchall()
         with store.transaction() as conn:
-            rollup.refresh_reach(conn, everything=True)
+            reach.refresh_reach(conn, everything=True)
         assert snapshot == store.conn.execute("SELECT * FROM deliveries ORDER BY 1, 2, 3").fetchall()
     check()
     # a later export: some deliveries failed after all, some sent ones got delivered

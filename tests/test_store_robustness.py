@@ -70,13 +70,13 @@ WORKER = textwrap.dedent("""
 
 def _check_round(folder: Path, workers: int) -> None:
     """Every worker's rows landed once, under one schema and one hash key."""
-    from metrics.store import Store, migrations
+    from metrics.store import MIGRATIONS, Store
     key = (folder / ".kpibot-hash-key").read_bytes().strip()
     assert len(key) == 64
     s = Store(folder / "kpibot.db")
     try:
         applied = [r[0] for r in s.conn.execute("SELECT name FROM _sqlite_migrations")]
-        assert applied == [m.name for m in migrations._migrations]
+        assert applied == [fn.__name__ for fn in MIGRATIONS]
         assert one(s, "SELECT COUNT(*) FROM messages")[0] == workers * ROWS
         assert one(s, "SELECT COUNT(*) FROM imports WHERE finished_at IS NOT NULL")[0] == workers
         assert one(s, "SELECT COUNT(*) FROM campaigns")[0] == workers + 1
@@ -186,8 +186,8 @@ def test_processes_taking_the_hash_key_together_agree_on_one(tmp_path, keys):
 # -- a database from a newer kpibot -----------------------------------------------------------
 
 def _known() -> int:
-    from metrics.store import migrations
-    return len(migrations._migrations)
+    from metrics.store import MIGRATIONS
+    return len(MIGRATIONS)
 
 
 def _one_line_error(result) -> str:

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import MappingError
+from .fields import FIELDS_BY_FORMAT
+from .values import BadValue, campaign_name
 
 _SECTIONS = {"source", "constants", "columns", "values", "attributes", "campaign_by_sender"}
 
@@ -32,8 +34,6 @@ def _text(v: Any) -> str:
 
 def load_mapping(path: str | os.PathLike) -> Mapping:
     """Read and check a mapping file; every problem names the section and key."""
-    from .formats import CALL_FIELDS, DAILY_FIELDS, MESSAGE_FIELDS
-
     p = Path(path)
     try:
         raw = tomllib.loads(p.read_text(encoding="utf-8"))
@@ -65,7 +65,7 @@ def load_mapping(path: str | os.PathLike) -> Mapping:
     m.format = fmt
     if fmt == "daily" and channel:
         m.constants["channel"] = channel
-    allowed = {"events": MESSAGE_FIELDS, "calls": CALL_FIELDS, "daily": DAILY_FIELDS}[fmt]
+    allowed = FIELDS_BY_FORMAT[fmt]
     for section in ("constants", "columns"):
         for k in (m.constants if section == "constants" else raw.get("columns", {})):
             if k not in allowed:
@@ -91,9 +91,6 @@ def load_mapping(path: str | os.PathLike) -> Mapping:
 
 def _campaign(p: Path, where: str, raw: str) -> str:
     """A campaign name the mapping gives for every row: cleaned and checked once, here."""
-    from .formats import campaign_name
-    from .values import BadValue
-
     try:
         return campaign_name(raw)
     except BadValue as exc:

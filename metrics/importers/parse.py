@@ -1,9 +1,9 @@
 """Turning a checked CSV file into table rows, as a stream of messages.
 
 The parser needs nothing from the database but a snapshot of the campaigns, so it can run
-in a second process while the first one writes: on two cores parsing and inserting
-overlap, which roughly halves the time of a large import. Small files are parsed in
-process with the very same generator. New campaigns get their ids here (the writer holds
+in a second process while the first one writes (child.py): on two cores parsing and
+inserting overlap, which roughly halves the time of a large import. Small files are parsed
+in process with the very same generator. New campaigns get their ids here (the writer holds
 the write lock for the whole import, so the next id cannot be taken by anyone else).
 
 Messages, in order:
@@ -14,19 +14,17 @@ Messages, in order:
 from __future__ import annotations
 
 import gc
-import os
-import pickle
-import sys
-import traceback
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Iterator
 
-from ..errors import ImportRejected, KpiBotError, RowError
+from ..errors import ImportRejected, RowError
 from ..names import merged_channel, name_key
 from ..phones import PhoneHasher
 from ..times import zone
-from .formats import FORMATS, Context, RowProblem, bind
+from .binding import Context, RowProblem
+from .fields import FORMATS
+from .formats import bind
 from .mapping import Mapping
 from .source import CsvSource
 
@@ -182,29 +180,3 @@ def _build_part(build, part: list[tuple[int, object]], parts: list[list],
         mid = len(part) // 2
         _build_part(build, part[:mid], parts, errors)
         _build_part(build, part[mid:], parts, errors)
-
-
-def child_main() -> None:
-    """The second process: a pickled job on stdin,
-    pickled messages on stdout; errors become messages too."""
-    out = sys.stdout.buffer
-
-    def send(message: tuple) -> None:
-        pickle.dump(message, out, protocol=pickle.HIGHEST_PROTOCOL)
-    try:
-        job = pickle.load(sys.stdin.buffer)
-        for message in parse(job):
-            send(message)
-    except ImportRejected as exc:
-        send(("rejected", exc.args[0], exc.file, exc.errors, exc.total_errors))
-    except KpiBotError as exc:
-        send(("failed", str(exc)))
-    except BrokenPipeError:   # the parent went away
-        os._exit(1)
-    except BaseException as exc:  # a bug: say where; the parent raises it
-        send(("failed", "the parser failed: " + "".join(
-            traceback.format_exception_only(type(exc), exc)).strip()
-            + "\n" + "".join(traceback.format_tb(exc.__traceback__)[-3:])))
-    out.flush()
-    os._exit(0)   # skip interpreter teardown: the parent has what it needs
-

@@ -6,22 +6,43 @@ import csv
 import hashlib
 import io
 import os
-import re
 import shlex
 from pathlib import Path
 from typing import Iterator
 
 from ..errors import ImportRejected, RowError
+from .fields import normalise_header
+
+__all__ = ["MAX_FIELD", "CsvSource", "normalise_header", "prepare_csv_reading"]
 
 MAX_FIELD = 65_536          # characters; larger values are rejected row by row
 _CHUNK = 1 << 20
 _BLOCK = 1 << 18              # characters of lines handed to the CSV reader at once
-csv.field_size_limit(1 << 30)
+_SAMPLE_LINES = 20            # lines after the header that the delimiter is sniffed on
+_SAMPLE_CHARS = 1 << 14       # ... at most this many characters of them
+CSV_FIELD_LIMIT = 1 << 30     # characters; see prepare_csv_reading
+LATIN1_FALLBACK = "kpibot-latin1"   # the codecs error handler cp1252 files are read with
 
 
-def normalise_header(name: str) -> str:
-    """How header names are matched: case, spaces, dashes and underscores do not matter."""
-    return re.sub(r"[\s_\-.]+", "", name.strip().lower())
+def prepare_csv_reading() -> None:
+    """Set up the process-wide state that reading kpibot's CSV files needs; idempotent.
+
+    - The csv module's field size limit goes up (to 2**30, never down): a value over its
+      default 131,072 characters must be a bad row of its own (see MAX_FIELD), not a
+      csv.Error that rejects the whole file as malformed.
+    - The codecs error handler ``kpibot-latin1`` is registered: cp1252 files read the
+      bytes cp1252 leaves undefined as Latin-1.
+
+    Importing ``metrics`` changes neither: this runs where the CLI starts
+    (``bot.cli.main``) and wherever a file is opened for reading (``CsvSource._open``,
+    in the parser process too), as sqlite-utils' CLI calls its
+    ``maximize_csv_field_size_limit()``."""
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
+    try:
+        codecs.lookup_error(LATIN1_FALLBACK)
+    except LookupError:
+        codecs.register_error(LATIN1_FALLBACK, _latin1_fallback)
 
 
 class CsvSource:
@@ -40,11 +61,11 @@ class CsvSource:
             raise ImportRejected("the file is empty (0 bytes): nothing to import", file=self.name)
         self.sha256, self.encoding = self._scan()
         self._fh = None
-        first = self._first_line()
-        if not first.strip():
+        head = self._head()
+        if not head[0].strip():
             raise ImportRejected("the first line is blank: the file must start with a header row",
                                  file=self.name)
-        self.delimiter = delimiter or _sniff_delimiter(first)
+        self.delimiter = delimiter or _sniff_delimiter(head)
         self.header = self._read_header()
 
     def state(self) -> dict:
@@ -101,15 +122,26 @@ class CsvSource:
         return digest.hexdigest(), "cp1252"
 
     def _open(self) -> io.TextIOWrapper:
+        prepare_csv_reading()
         errors = "strict" if self.encoding != "cp1252" else "replace"
         if self.encoding == "cp1252":
             # bytes cp1252 leaves undefined (0x81, 0x8d, 0x8f, 0x90, 0x9d) read as Latin-1
-            errors = "kpibot-latin1"
+            errors = LATIN1_FALLBACK
         return open(self.path, "r", encoding=self.encoding, errors=errors, newline="")
 
-    def _first_line(self) -> str:
+    def _head(self) -> list[str]:
+        """The first line, then up to _SAMPLE_LINES whole lines after it (at most
+        _SAMPLE_CHARS characters of them): what the delimiter is sniffed on."""
         with self._open() as f:
-            return f.readline(_CHUNK)
+            lines = [f.readline(_CHUNK)]
+            left = _SAMPLE_CHARS
+            while left > 0 and len(lines) <= _SAMPLE_LINES:
+                line = f.readline(left)
+                if not line or (len(line) == left and not line.endswith(("\n", "\r"))):
+                    break   # the end of the file, or a line cut short
+                lines.append(line)
+                left -= len(line)
+        return lines
 
     def _read_header(self) -> list[str]:
         with self._open() as f:
@@ -317,8 +349,37 @@ class _Feed:
         return line
 
 
-def _sniff_delimiter(line: str) -> str:
-    counts = {d: _count_outside_quotes(line, d) for d in (",", ";", "\t", "|")}
+_DELIMITERS = ",;\t|"
+
+
+def _sniff_delimiter(head: list[str]) -> str:
+    """The delimiter, of , ; tab and |: what ``csv.Sniffer`` finds in the header and the
+    lines after it (``head``), where it is sure.
+
+    Where it is not, the rule from before decides: the candidate seen most often outside
+    quotes in the header (ties in the order , ; tab |; a comma when there is none). That is
+    when the Sniffer raises (no candidate is used consistently: a one-column file, say),
+    when its guess does not split the header (it appears there only inside quotes, or not
+    at all), and when the header has other candidates that, asked again without its
+    guess, the Sniffer finds consistent too: then it chose among them by its fixed
+    preference (comma, tab, semicolon) rather than by the data, and a semicolon file with
+    decimal commas in the header and the values would come out as comma-separated."""
+    header = head[0]
+    counts = {d: _count_outside_quotes(header, d) for d in _DELIMITERS}
+    sample = "".join(head)
+    sniffer = csv.Sniffer()
+    try:
+        guess = sniffer.sniff(sample, delimiters=_DELIMITERS).delimiter
+    except csv.Error:
+        guess = None
+    if guess and counts.get(guess):
+        others = "".join(d for d in _DELIMITERS if d != guess and counts[d])
+        if not others:
+            return guess
+        try:
+            sniffer.sniff(sample, delimiters=others)
+        except csv.Error:
+            return guess     # of the header's candidates, only the guess fits the sample
     best = max(counts, key=counts.get)
     return best if counts[best] > 0 else ","
 
@@ -337,5 +398,3 @@ def _latin1_fallback(err: UnicodeDecodeError) -> tuple[str, int]:
     bad = err.object[err.start:err.end]
     return bytes(bad).decode("latin-1"), err.end
 
-
-codecs.register_error("kpibot-latin1", _latin1_fallback)

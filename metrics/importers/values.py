@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 
-from ..names import clean_label
+from ..names import MAX_NAME, clean_label
 
 
 class BadValue(ValueError):
@@ -243,3 +243,14 @@ def text(s: str) -> str | None:
     """A short label (segment, variant, agent, disposition, currency, error code): see
     :func:`metrics.names.clean_label`. Empty once cleaned is no value."""
     return clean_label(s) or None
+
+
+def campaign_name(raw: str) -> str:
+    """A campaign name as stored: cleaned of control characters (see
+    :func:`metrics.names.clean_label`), not empty, at most 200 characters."""
+    name = clean_label(raw)
+    if not name:
+        raise BadValue("campaign is empty")
+    if len(name) > MAX_NAME:
+        raise BadValue(f"campaign name is longer than {MAX_NAME} characters")
+    return name
