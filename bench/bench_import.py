@@ -35,7 +35,7 @@ import json, subprocess, sys, threading, time
 sys.path.insert(0, {root!r})
 from metrics.store import Store
 from metrics.importers import import_file
-import metrics.importers.run as run
+import metrics.importers.child as child
 
 def hwm_mb(pid="self"):
     # VmHWM: this process's peak resident memory (unlike ru_maxrss, not inflated by the
@@ -61,7 +61,7 @@ class Watched(subprocess.Popen):
                 time.sleep(0.02)
         threading.Thread(target=watch, daemon=True).start()
 
-run.subprocess.Popen = Watched
+child.subprocess.Popen = Watched
 db, path, repeat_db = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
 store = Store(db)
 store.hash_key()

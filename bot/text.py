@@ -7,7 +7,7 @@ import re
 import unicodedata
 
 from metrics import kpis
-from metrics.engine import Report, Section
+from metrics.engine import Report
 from metrics.times import format_date as day
 from metrics.times import zone
 

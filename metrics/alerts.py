@@ -245,14 +245,14 @@ def measure(store: Store, camp: Campaign, channel: str, metric: str, start: int,
     """The metric over [start, end) and the volume it rests on (its denominator, or the
     channel's sent/dialed count for a count metric). ``cache`` shares the counters of one
     campaign and window between rules."""
-    key = (camp.id, channel, start, end, metric == "reach")
+    k = kpis.REGISTRY[channel][metric]
+    key = (camp.id, channel, start, end, k.distinct)
     counters = cache.get(key) if cache is not None else None
     if counters is None:
         reader = Reader(store, camp, zone(store.timezone()))
-        counters = reader.grouped(channel, start, end, None, reach=metric == "reach").get("", {})
+        counters = reader.grouped(channel, start, end, None, reach=k.distinct).get("", {})
         if cache is not None:
             cache[key] = counters
-    k = kpis.REGISTRY[channel][metric]
     return k.compute(counters), k.volume(counters)
 
 

@@ -24,6 +24,7 @@ class Kpi:
     definition: str
     proportion: bool = False           # a share of its denominator: between 0% and 100%
     money_ratio: bool = False          # money over money (ROI): both parts are amounts
+    distinct: bool = False             # counts distinct recipients: read apart, at a cost
 
     @property
     def numerator_unit(self) -> str:
@@ -42,7 +43,7 @@ class Kpi:
         return volume(self.channel, c)
 
     def compute(self, c: Counters) -> "Value":
-        if self.name == "reach" and "reach" not in c:   # not counted for this group
+        if self.distinct and "reach" not in c:   # not counted for this group
             return Value(self.name, None, None, None, self.unit)
         num = self.numerator(c)
         numerator = _units(num, self.numerator_unit)
@@ -119,7 +120,7 @@ SMS = [
     Kpi("revenue", "Revenue", "sms", "money", _c("revenue_micros"), None, "up",
         "sum of revenue from the campaign's messages"),
     Kpi("reach", "Reach", "sms", "count", _c("reach"), None, "up",
-        "distinct recipients with a delivered message"),
+        "distinct recipients with a delivered message", distinct=True),
     Kpi("list_growth_rate", "List growth rate", "sms", "percent",
         lambda c: c.get("new_subscribers", 0) - c.get("opted_out", 0), _c("list_size_start"),
         "up", "(new subscribers - opt-outs) / list size at period start"),

@@ -9,17 +9,18 @@ from operator import itemgetter
 from typing import Any, Callable, Sequence
 
 from ..phones import PhoneHasher
-from .fields import NULL, Format, normalise_header
+from .fields import NULL, Format, normalise_header, shown, shown_names
 from .mapping import Mapping
 from .values import BadValue, campaign_name
 
 
 class RowProblem(Exception):
-    """A bad value in a row: the column to name (its label in the file) and why."""
+    """A bad value in a row: the column to name (its label in the file, which a header
+    may spell at any length: shortened) and why."""
 
     def __init__(self, column: str | None, reason: str):
-        self.column, self.reason = column, reason
-        super().__init__(reason)
+        self.column, self.reason = (column and shown(column)), shown(reason, 400)
+        super().__init__(self.reason)
 
 
 @dataclass
@@ -59,8 +60,8 @@ def bind_header(fmt: Format, header: list[str], ctx: Context, mapping: Mapping |
             i = _find(header, col)
             if i is None:
                 raise ValueError(
-                    f"the mapping's [columns] {canon} = \"{col}\", but the file has no column "
-                    f"'{col}' (it has: {', '.join(header)})")
+                    f"the mapping's [columns] {canon} = \"{shown(col)}\", but the file has no "
+                    f"column '{shown(col)}' (it has: {shown_names(header)})")
             index[canon], labels[canon] = i, header[i]
         for canon, val in mapping.constants.items():
             consts[canon] = val
@@ -89,7 +90,7 @@ def bind_header(fmt: Format, header: list[str], ctx: Context, mapping: Mapping |
     if missing:
         wanted = ", ".join(missing)
         raise ValueError(f"missing required column{'s' if len(missing) > 1 else ''} for the "
-                         f"{fmt.name} format: {wanted} (the header has: {', '.join(header)})")
+                         f"{fmt.name} format: {wanted} (the header has: {shown_names(header)})")
     used = set(index.values())
     rest = [i for i in range(len(header)) if i not in used]
     extras: list[tuple[str, int]] = []
@@ -115,11 +116,16 @@ def _find(header: list[str], col: str) -> int | None:
     return None
 
 
+MEMO_CHARS = 256
+
+
 class Memo(dict):
     """``memo[raw]`` is ``fn(raw)``, computed once per distinct raw value: most columns
     (statuses, flags, currencies, prices, segments) hold a handful of distinct values, and
     a dict hit costs far less than parsing. Bounded: past ``limit`` values it stops
-    remembering new ones, so memory stays flat. Errors are never remembered. With
+    remembering new ones, and it never remembers a value longer than ``MEMO_CHARS``
+    (a label can be 65,536 characters), so memory stays flat. Errors are never
+    remembered. With
     ``null``, a result of None is given as :data:`NULL`."""
 
     __slots__ = ("fn", "limit", "null")
@@ -132,7 +138,7 @@ class Memo(dict):
         value = self.fn(raw)
         if value is None and self.null:
             value = NULL
-        if len(self) < self.limit:
+        if len(self) < self.limit and len(raw) <= MEMO_CHARS:
             self[raw] = value
         return value
 

@@ -13,6 +13,26 @@ def normalise_header(name: str) -> str:
     return re.sub(r"[\s_\-.]+", "", name.strip().lower())
 
 
+def shown(text: str, limit: int = 60) -> str:
+    """``text`` as a message may quote it: at most ``limit`` characters, cut with "…"."""
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def shown_names(names: list[str], limit: int = 200) -> str:
+    """Column names for a message, comma-separated: each :func:`shown`, about ``limit``
+    characters in all, then how many more there are. A header may be a megabyte."""
+    out: list[str] = []
+    used = 0
+    for i, name in enumerate(names):
+        s = shown(name)
+        if out and used + len(s) > limit:
+            out.append(f"… {len(names) - i:,} more")
+            break
+        out.append(s)
+        used += len(s) + 2
+    return ", ".join(out)
+
+
 def _spell(*names: str) -> tuple[str, ...]:
     return tuple(normalise_header(n) for n in names)
 

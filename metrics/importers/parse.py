@@ -29,6 +29,9 @@ from .mapping import Mapping
 from .source import CsvSource
 
 BATCH = 10_000
+# A batch also ends once the lines read for it pass this many characters: rows may be a
+# megabyte each (source.MAX_LINE), and 10,000 of them must not be held at once.
+BATCH_CHARS = 32 << 20
 GC_EVERY = 16                # batches between collections of reference cycles
 MAX_REPORTED = 50
 
@@ -119,10 +122,11 @@ def parse(job: ParseJob) -> Iterator[tuple]:
     gc.disable()
     try:
         while not done:
+            stop = src.chars_read + BATCH_CHARS
             for line, fields in rows_iter:
                 rows_in += 1
                 pending.append((line, fields))
-                if len(pending) >= size:
+                if len(pending) >= size or src.chars_read > stop:
                     break
             else:
                 done = True

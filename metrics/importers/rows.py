@@ -35,8 +35,14 @@ class _Common:
         self.m_dir = Memo(V.direction)
         self.m_flag, self.m_text = Memo(V.flag), Memo(V.text, null=True)
         # Twilio writes charges as negative prices
-        self.m_cost = Memo(lambda s: V.money_micros(s, absolute=twilio) if s else None, null=True)
-        self.m_money = Memo(lambda s: V.money_micros(s) if s else None, null=True)
+        self.m_cost = Memo(self._money(absolute=twilio), null=True)
+        self.m_money = Memo(self._money(absolute=False), null=True)
+        # whether an amount so far was written with a currency ($12, EUR 3): from then on
+        # each row's amounts are held against its currency column, if it has one
+        self.marked = False
+        self.m_mark = Memo(V.money_mark)
+        self.has_currency = cols.has("currency")
+        self.r_cur = cols.reader("currency")
         R = cols.reader
         self.r_dir = R("direction")
         self.r_campaign, self.r_rcpt, self.r_id = R("campaign"), R("recipient"), R(id_field)
@@ -45,6 +51,29 @@ class _Common:
         self.m_campaign = Memo(lambda name: ctx.campaign_id(name, channel))
         senders = ctx.senders
         self.m_sender = Memo(lambda s: senders.get(_digits(s)))
+
+    def _money(self, absolute: bool) -> Callable[[str], int | None]:
+        money = V.money
+
+        def read(s: str) -> int | None:
+            if not s:
+                return None
+            micros, mark = money(s, absolute=absolute)
+            if mark is not None:
+                self.marked = True
+            return micros
+        return read
+
+    def check_currency(self, amounts: Sequence[str], C, n: int) -> None:
+        """Each amount written with a currency ($12, 12 USD) against its row's currency
+        column: ``¥1000`` in a USD row is a bad value."""
+        marks = self.m_mark
+        for amount, currency in zip(amounts, self.r_cur(C, n)):
+            mark = marks[amount]
+            if mark is not None and currency:
+                why = V.currency_conflict(amount, mark, currency)
+                if why:
+                    raise V.BadValue(why)
 
     def read_parties(self, rows: Sequence[Sequence[str]]) -> tuple:
         """The batch's size and columns, each row's direction, campaign name and the other
@@ -136,6 +165,11 @@ def _message_builder(fmt, ctx: Context, cols: Fields, extras):
             cost = m_cost.column(r_cost(C, n))
             col = "revenue"
             revenue = m_money.column(r_revenue(C, n))
+            if common.marked and common.has_currency:
+                col = "cost"
+                common.check_currency(r_cost(C, n), C, n)
+                col = "revenue"
+                common.check_currency(r_revenue(C, n), C, n)
             col = "segments"
             segments = m_count.column(r_segments(C, n))
             flags = []
@@ -195,6 +229,11 @@ def _call_builder(fmt, ctx: Context, cols: Fields, extras):
             revenue = m_money.column(r_revenue(C, n))
             col = "cost"
             cost = m_cost.column(r_cost(C, n))
+            if common.marked and common.has_currency:
+                col = "revenue"
+                common.check_currency(r_revenue(C, n), C, n)
+                col = "cost"
+                common.check_currency(r_cost(C, n), C, n)
         except (V.BadValue, ValueError, BadPhoneNumber) as exc:
             raise RowProblem(labels.get(col, col), str(exc)) from None
         cids, keys, attrs = common.finish(rows, C, n, names, cells)

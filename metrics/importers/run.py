@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import getpass
 import os
-# bench/bench_import.py watches the parser process through run.subprocess.Popen
-import subprocess  # noqa: F401
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -21,7 +19,7 @@ from ..store import NO_SPACE, Store, iso, no_space_message, utcnow
 from ..times import zone
 from .bulk import SUSPEND_INDEX_ROWS, BulkLoad
 from .child import parse_in_child
-from .fields import FORMATS, Format, detect
+from .fields import FORMATS, Format, detect, shown_names
 from .mapping import Mapping, load_mapping
 from .parse import ParseJob, parse
 from .source import CsvSource
@@ -120,7 +118,7 @@ def import_file(
     table, columns_of_kind, _ = TABLES[fmt.kind]
     hash_key = store.hash_key()
     try:
-        with BulkLoad(store) as bulk, store.transaction() as conn:
+        with BulkLoad(store) as bulk, store.transaction(dry_run=dry_run) as conn:
             cur = conn.execute(
                 "INSERT INTO imports(file, sha256, size_bytes, format, encoding, started_at, "
                 "imported_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -169,7 +167,7 @@ def import_file(
                 else:
                     _, rows_in, total_errors, attributes, invalid, touched, ignored = message
             if ignored and not fmt.twilio:   # Twilio's AccountSid, ApiVersion: not wanted
-                result.warnings.append("columns not imported: " + ", ".join(ignored))
+                result.warnings.append("columns not imported: " + shown_names(ignored))
             if rows_in == 0:
                 raise ImportRejected("the file has a header but no data rows", file=src.name)
             if total_errors and not skip_bad_rows:
@@ -213,10 +211,8 @@ def import_file(
                 conn.executemany(
                     'INSERT INTO import_rejects(import_id, line, "column", reason) VALUES (?,?,?,?)',
                     [(import_id, e.line, e.column, e.reason) for e in errors])
-            if dry_run:
-                raise _DryRun()
-    except _DryRun:
-        result.import_id = None
+        if dry_run:
+            result.import_id = None
     except OSError as exc:   # a temporary file on a full disk: the transaction is rolled back
         if exc.errno in NO_SPACE:
             raise StoreError(no_space_message(store.path, exc)) from exc
@@ -233,7 +229,7 @@ def _format_of(src: CsvSource, format: str | None, campaign: str | None,
         fmt_name = format or detect(src.header)
     if fmt_name is None:
         raise ImportRejected(
-            "could not tell the format from the header (" + ", ".join(src.header[:12])
+            "could not tell the format from the header (" + shown_names(src.header)
             + "). Name it with --format (" + ", ".join(FORMATS)
             + ") or describe the columns in a --map file.", file=src.name)
     fmt = FORMATS[fmt_name]
@@ -243,10 +239,6 @@ def _format_of(src: CsvSource, format: str | None, campaign: str | None,
             "--campaign NAME, or map sender numbers to campaigns in a --map file's "
             "[campaign_by_sender] table", file=src.name)
     return fmt
-
-
-class _DryRun(Exception):
-    """Raised inside the transaction to roll a dry run back."""
 
 
 def _whoami() -> str:

@@ -11,15 +11,25 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import ImportRejected, RowError
-from .fields import normalise_header
+from .fields import normalise_header, shown
 
-__all__ = ["MAX_FIELD", "CsvSource", "normalise_header", "prepare_csv_reading"]
+__all__ = ["MAX_FIELD", "MAX_LINE", "CsvSource", "normalise_header", "prepare_csv_reading"]
 
 MAX_FIELD = 65_536          # characters; larger values are rejected row by row
+# Characters in one line, or in one record whose quoted values run over several lines
+# (their line breaks counted). 1 MiB: sixteen values at MAX_FIELD, while the rows of real
+# exports are a few hundred characters (an SMS body is at most 1,600). A longer data line
+# is a bad row of its own ("line is longer than 1,048,576 characters"), found and skipped
+# while no more than _PIECE characters of it are held (as the csv module's buffer, up to 4
+# bytes a character); the import goes on at the next record. A longer header refuses the
+# file in one line.
+MAX_LINE = 1 << 20
+_PIECE = MAX_LINE + 2       # characters a line is read in at most: MAX_LINE and a \r\n
 _CHUNK = 1 << 20
 _BLOCK = 1 << 18              # characters of lines handed to the CSV reader at once
 _SAMPLE_LINES = 20            # lines after the header that the delimiter is sniffed on
-_SAMPLE_CHARS = 1 << 14       # ... at most this many characters of them
+_SAMPLE_CHARS = 1 << 14       # ... and the header at most this many characters in all
+                              # (csv.Sniffer takes cubic time on quotes: 2 s for 32,000)
 CSV_FIELD_LIMIT = 1 << 30     # characters; see prepare_csv_reading
 LATIN1_FALLBACK = "kpibot-latin1"   # the codecs error handler cp1252 files are read with
 
@@ -48,6 +58,8 @@ def prepare_csv_reading() -> None:
 class CsvSource:
     """One CSV file, checked up front (sha256, encoding, header) and then streamed."""
 
+    chars_read = 0      # characters of lines read by rows() so far (for batch sizes)
+
     def __init__(self, path: str | os.PathLike, delimiter: str | None = None):
         self.path = Path(path)
         self.name = self.path.name
@@ -62,6 +74,8 @@ class CsvSource:
         self.sha256, self.encoding = self._scan()
         self._fh = None
         head = self._head()
+        if len(head[0].rstrip("\r\n")) > MAX_LINE:
+            raise self._header_too_long()
         if not head[0].strip():
             raise ImportRejected("the first line is blank: the file must start with a header row",
                                  file=self.name)
@@ -130,11 +144,12 @@ class CsvSource:
         return open(self.path, "r", encoding=self.encoding, errors=errors, newline="")
 
     def _head(self) -> list[str]:
-        """The first line, then up to _SAMPLE_LINES whole lines after it (at most
-        _SAMPLE_CHARS characters of them): what the delimiter is sniffed on."""
+        """The first line (at most _PIECE characters of it), then up to _SAMPLE_LINES whole
+        lines after it (at most _SAMPLE_CHARS characters with it): what the delimiter is
+        sniffed on."""
         with self._open() as f:
-            lines = [f.readline(_CHUNK)]
-            left = _SAMPLE_CHARS
+            lines = [f.readline(_PIECE)]
+            left = _SAMPLE_CHARS - len(lines[0])
             while left > 0 and len(lines) <= _SAMPLE_LINES:
                 line = f.readline(left)
                 if not line or (len(line) == left and not line.endswith(("\n", "\r"))):
@@ -143,10 +158,17 @@ class CsvSource:
                 left -= len(line)
         return lines
 
+    def _header_too_long(self) -> ImportRejected:
+        return ImportRejected(f"the header (line 1) is longer than {MAX_LINE:,} characters: "
+                              "is this a CSV file?", file=self.name)
+
     def _read_header(self) -> list[str]:
         with self._open() as f:
-            reader = csv.reader(f, delimiter=self.delimiter)
-            header = next(reader, None)
+            reader = csv.reader(_Feed(_Lines(f)), delimiter=self.delimiter)
+            try:
+                header = next(reader, None)
+            except _TooLong:    # a quoted name over many lines
+                raise self._header_too_long() from None
         if not header or not any(h.strip() for h in header):
             raise ImportRejected("no header row", file=self.name)
         names = [h.strip() for h in header]
@@ -159,8 +181,8 @@ class CsvSource:
         for n in names:
             key = normalise_header(n)
             if key in seen:
-                same = "" if seen[key] == n else f" (as '{seen[key]}')"
-                raise ImportRejected(f"the header names column '{n}' twice{same}; "
+                same = "" if seen[key] == n else f" (as '{shown(seen[key])}')"
+                raise ImportRejected(f"the header names column '{shown(n)}' twice{same}; "
                                      "rename one of them", file=self.name)
             seen[key] = n
         return names
@@ -168,31 +190,47 @@ class CsvSource:
     def rows(self) -> Iterator[tuple[int, list[str]]]:
         """Yield (line number where the record starts, fields) for each data row.
 
-        Rows with the wrong number of fields or an oversized value are yielded as a
-        :class:`RowError` in place of the fields.
+        Rows with the wrong number of fields, an oversized value or a line (record) over
+        MAX_LINE characters are yielded as a :class:`RowError` in place of the fields.
 
-        The file is read a block of lines at a time. A block without a quote character
-        or a NUL is split at its delimiters, which is what the csv module would make of
-        it, at two thirds of the cost; other blocks go through the csv module, which
-        takes further lines from the file when a quoted value runs past the block's end."""
+        The file is read a block of lines at a time, no line ever more than _PIECE
+        characters at once (see _Lines). A block without a quote character or a NUL is
+        split at its delimiters, which is what the csv module would make of it, at two
+        thirds of the cost; other blocks go through the csv module, which takes further
+        lines from the file when a quoted value runs past the block's end. A record that
+        grows past MAX_LINE stops there (_Feed raises _TooLong) and the rest of it is read
+        past without being kept (_Feed.skip)."""
         width = len(self.header)
         delim = self.delimiter
+        error = RowError
+        self.chars_read = 0
         with self._open() as f:
             self._fh = f
-            feed = _Feed(f)
+            lines = _Lines(f)
+            feed = _Feed(lines)
             reader = csv.reader(feed, delimiter=delim, strict=False)
             end = 0          # the last line read
             header = True
             spread: set[int] = set()    # where the block's records over several lines start
             try:
-                while block := f.readlines(_BLOCK):
-                    long_line = max(map(len, block)) > MAX_FIELD
+                while block := lines.block():
+                    longest = max(map(len, block))
+                    long_line = longest > MAX_FIELD
+                    self.chars_read += sum(map(len, block))
                     spread = set()
-                    if header or not _plain("".join(block)):
+                    if header or longest > MAX_LINE or not _plain("".join(block)):
                         records = []
                         feed.load(block)
                         while feed.left:
-                            fields = next(reader)
+                            try:
+                                fields = next(reader)
+                            except _TooLong as exc:
+                                if header and not records:
+                                    raise self._header_too_long() from None
+                                records.append((end + 1, RowError(
+                                    end + 1, None, f"line is longer than {MAX_LINE:,} characters")))
+                                end += feed.skip(exc, delim)
+                                continue
                             records.append((end + 1, fields))
                             taken = feed.take()
                             if taken > 1:     # a record over several lines
@@ -206,6 +244,9 @@ class CsvSource:
                                    for i, raw in enumerate(block, 1)]
                         end += len(block)
                     for line, fields in records:
+                        if fields.__class__ is error:
+                            yield line, fields
+                            continue
                         n = len(fields)
                         if n != width:
                             if n == 0 or (n == 1 and not fields[0].strip()):
@@ -221,7 +262,7 @@ class CsvSource:
                         if (long_line or spread and line in spread) and \
                                 max(map(len, fields)) > MAX_FIELD:
                             big = next(i for i, x in enumerate(fields) if len(x) > MAX_FIELD)
-                            yield line, RowError(line, self.header[big],
+                            yield line, RowError(line, shown(self.header[big]),
                                                  f"value is {len(fields[big]):,} characters "
                                                  f"long; the limit is {MAX_FIELD:,}")  # type: ignore[misc]
                             continue
@@ -317,36 +358,157 @@ def _plain(text: str) -> bool:
     return '"' not in text and "\0" not in text
 
 
-class _Feed:
-    """Lines for the csv module: a block's, then, when a quoted value runs past the
-    block's end, the following lines of the file. Counts the lines it gives out."""
+class _Lines:
+    """A text file's lines, read at most _PIECE characters at a time: a longer line comes
+    in pieces, the first longer than MAX_LINE, so that no line is ever held whole. The
+    one piece read too many (see _Feed.skip) can be put back."""
 
     def __init__(self, f):
-        self.f = f
+        self._readline = f.readline
+        self._back = ""
+
+    def readline(self) -> str:
+        if self._back:
+            line, self._back = self._back, ""
+            return line
+        return self._readline(_PIECE)
+
+    def unread(self, piece: str) -> None:
+        self._back = piece
+
+    def block(self) -> list[str]:
+        """Lines of about _BLOCK characters in all. A piece longer than MAX_LINE is the
+        block's last (the rest of its line is still to be read): the block stops at
+        MAX_LINE characters at the latest, so the loop need not look at each line."""
+        out: list[str] = []
+        n = 0
+        if self._back:
+            out.append(self._back)
+            n, self._back = len(self._back), ""
+        readline, append, piece = self._readline, out.append, _PIECE
+        stop = min(_BLOCK, MAX_LINE)
+        while n < stop:
+            line = readline(piece)
+            if not line:
+                break
+            append(line)
+            n += len(line)
+        return out
+
+
+class _TooLong(Exception):
+    """The record being read grew past MAX_LINE characters at ``piece`` (not given to the
+    csv module); ``inside`` when the record began on an earlier line, so that ``piece``
+    starts inside a quoted value."""
+
+    def __init__(self, piece: str, inside: bool):
+        super().__init__()
+        self.piece, self.inside = piece, inside
+
+
+class _Feed:
+    """Lines for the csv module: a block's, then, when a quoted value runs past the
+    block's end, the following lines of the file. Counts the lines and characters it
+    gives out for a record, and raises _TooLong rather than let a record pass MAX_LINE."""
+
+    def __init__(self, lines: _Lines):
+        self.lines = lines
         self.left = 0         # lines of the block not given out yet
         self.taken = 0        # lines given out since the last take()
+        self.chars = 0        # ... and their characters
         self._block: Iterator[str] = iter(())
 
     def load(self, block: list[str]) -> None:
         self._block, self.left = iter(block), len(block)
 
     def take(self) -> int:
-        n, self.taken = self.taken, 0
+        n, self.taken, self.chars = self.taken, 0, 0
         return n
 
     def __iter__(self):
         return self
 
     def __next__(self) -> str:
+        if self.left:
+            self.left -= 1
+            line = next(self._block)
+        else:
+            line = self.lines.readline()
+            if not line:
+                raise StopIteration
+        chars = self.chars + len(line)
+        if chars > MAX_LINE and chars - (len(line) - len(line.rstrip("\r\n"))) > MAX_LINE:
+            raise _TooLong(line, self.taken > 0)
+        self.chars = chars
         self.taken += 1
+        return line
+
+    def _piece(self) -> str:
+        """The next piece, unchecked and uncounted ('' at the end of the file)."""
         if self.left:
             self.left -= 1
             return next(self._block)
-        line = self.f.readline()
-        if not line:
-            self.taken -= 1
-            raise StopIteration
-        return line
+        return self.lines.readline()
+
+    def skip(self, exc: _TooLong, delim: str) -> int:
+        """Read past the rest of the record ``exc`` stopped, keeping none of it: to the
+        end of the line where it is outside quotes, as the csv module would. Returns the
+        number of lines the record spans."""
+        lines = self.take() + 1
+        piece, state = exc.piece, (_QUOTED if exc.inside else _START)
+        while True:
+            body = piece.rstrip("\r\n")
+            state = _scan(body, state, delim)
+            if len(body) < len(piece):          # the line ends
+                if len(piece) == _PIECE and piece[-1] == "\r":
+                    after = self._piece()       # a \r\n cut in two by the read?
+                    if after != "\n":
+                        self.lines.unread(after)
+                if state != _QUOTED:
+                    return lines
+                piece = self._piece()
+                if not piece:
+                    return lines
+                lines += 1
+            else:                               # the line goes on, or the file ends
+                piece = self._piece()
+                if not piece:
+                    return lines
+
+
+# Where the csv module (a double quote, doubled inside quotes; no escape character;
+# strict=False) is within a line: at the start of a value, inside an unquoted value,
+# inside a quoted one, or just past a quote inside a quoted one.
+_START, _FIELD, _QUOTED, _QUOTE = range(4)
+
+
+def _scan(text: str, state: int, delim: str) -> int:
+    """The state after ``text`` (a line or a piece of one, without its line break) read
+    from ``state``, found with str.find rather than character by character."""
+    i, n = 0, len(text)
+    opener = delim + '"'        # only a quote at a value's start opens a quoted value
+    while i < n:
+        if state == _QUOTED:
+            j = text.find('"', i)
+            if j < 0:
+                return _QUOTED
+            i, state = j + 1, _QUOTE
+        elif state == _QUOTE:
+            c = text[i]
+            if c == '"':
+                i, state = i + 1, _QUOTED
+            elif c == delim:
+                i, state = i + 1, _START
+            else:
+                state = _FIELD
+        elif state == _START and text[i] == '"':
+            i, state = i + 1, _QUOTED
+        else:
+            j = text.find(opener, i)
+            if j < 0:
+                return _START if text[-1] == delim else _FIELD
+            i, state = j + 2, _QUOTED
+    return state
 
 
 _DELIMITERS = ",;\t|"
@@ -363,12 +525,15 @@ def _sniff_delimiter(head: list[str]) -> str:
     at all), and when the header has other candidates that, asked again without its
     guess, the Sniffer finds consistent too: then it chose among them by its fixed
     preference (comma, tab, semicolon) rather than by the data, and a semicolon file with
-    decimal commas in the header and the values would come out as comma-separated."""
+    decimal commas in the header and the values would come out as comma-separated.
+    A header longer than _SAMPLE_CHARS is not shown to the Sniffer at all (see there)."""
     header = head[0]
     counts = {d: _count_outside_quotes(header, d) for d in _DELIMITERS}
     sample = "".join(head)
     sniffer = csv.Sniffer()
     try:
+        if len(sample) > _SAMPLE_CHARS:
+            raise csv.Error("too long to sniff")
         guess = sniffer.sniff(sample, delimiters=_DELIMITERS).delimiter
     except csv.Error:
         guess = None
@@ -385,13 +550,9 @@ def _sniff_delimiter(head: list[str]) -> str:
 
 
 def _count_outside_quotes(line: str, ch: str) -> int:
-    n, quoted = 0, False
-    for c in line:
-        if c == '"':
-            quoted = not quoted
-        elif c == ch and not quoted:
-            n += 1
-    return n
+    """How often ``ch`` occurs outside quotes (every quote opening or closing them): in
+    the even pieces between quotes. A header may be a megabyte."""
+    return sum(part.count(ch) for part in line.split('"')[::2])
 
 
 def _latin1_fallback(err: UnicodeDecodeError) -> tuple[str, int]:

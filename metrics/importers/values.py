@@ -27,6 +27,15 @@ _FALSE = {"", "0", "false", "no", "n", "f", "-"}
 _FLAG_FAST = {"": 0, "0": 0, "1": 1}
 
 
+def _not_ascii(s: str, what: str) -> BadValue:
+    """The error for a number written with other characters than ASCII: Python reads
+    Arabic-Indic (٣٤٥) and full-width (１２３) digits as numbers, kpibot does not (a
+    spreadsheet would not sum them either, and they are more often a mix-up than meant)."""
+    if any(c.isdigit() for c in s if not c.isascii()):
+        return BadValue(f"'{s[:30]}' has digits other than 0-9: write numbers with 0-9")
+    return BadValue(f"'{s[:30]}' is not {what}")
+
+
 def flag(s: str) -> int:
     """A yes/no flag or a small count (clicks, conversions): returns an int >= 0."""
     hit = _FLAG_FAST.get(s)
@@ -37,6 +46,8 @@ def flag(s: str) -> int:
         return 0
     if t in _TRUE:
         return 1
+    if not t.isascii():
+        raise _not_ascii(s, "a yes/no value (use 1/0, true/false or yes/no)")
     if t.isdecimal():
         if len(t) <= 7 and int(t) <= MAX_FLAG:
             return int(t)
@@ -50,6 +61,8 @@ def count(s: str) -> int | None:
     t = s.strip().replace(",", "").replace("_", "")
     if not t:
         return None
+    if not t.isascii():
+        raise _not_ascii(s, "a number")
     try:
         f = float(t)
     except ValueError:
@@ -64,6 +77,18 @@ def count(s: str) -> int | None:
 
 
 _MONEY_JUNK = re.compile(r"[\s$€£¥₹\u00a0]|^[A-Z]{3}|[A-Z]{3}$")
+_MONEY_MARK = re.compile(r"[$€£¥₹]|^[A-Z]{3}|[A-Z]{3}$")   # a currency in an amount
+# The ISO 4217 codes a currency symbol may stand for.
+CURRENCY_SYMBOLS: dict[str, frozenset[str]] = {
+    "$": frozenset("USD CAD AUD NZD SGD HKD TWD MXN ARS CLP COP UYU DOP CUP BSD BBD BMD BND "
+                   "BZD FJD GYD JMD KYD LRD NAD SBD SRD TTD XCD".split()),
+    "€": frozenset({"EUR"}),
+    "£": frozenset({"GBP", "EGP", "FKP", "GIP", "SHP", "SSP"}),
+    "¥": frozenset({"JPY", "CNY"}),
+    "₹": frozenset({"INR"}),
+}
+_SYMBOL_NAMES = {"$": "dollars or pesos", "€": "euros", "£": "pounds", "¥": "yen or yuan",
+                 "₹": "rupees"}
 # Below this many currency units, float(text) * 1e6 rounds to the exact micro-units of any
 # text with at most 6 decimals: the two roundings err by less than 2**-52 of a value
 # under 2**51 micro-units, i.e. by less than half a micro-unit.
@@ -76,22 +101,35 @@ _EXACT = Context(prec=40, rounding=ROUND_HALF_EVEN)   # whatever the thread's co
 def money_micros(s: str, *, absolute: bool = False) -> int | None:
     """Money to integer micro-units (exact sums), at most :data:`MAX_AMOUNT` currency units.
 
-    ``0,0075`` (decimal comma), ``1,234.56``, ``$12`` and ``EUR 3`` are accepted. Every
-    digit counts: plain numbers take a float fast path only where it is provably exact (no
-    exponent, at most 6 decimals, under 2.2 billion); any other text is read as a decimal
-    and rounded to the micro-unit half-to-even (0.0000025 -> 2 micro-units)."""
+    ``0,0075`` (decimal comma), ``1,234.56``, ``$12`` and ``EUR 3`` are accepted (whether
+    the currency agrees with the row's: :func:`currency_conflict`). Every digit counts:
+    plain numbers take a float fast path only where it is provably exact (no exponent, at
+    most 6 decimals, under 2.2 billion); any other text is read as a decimal and rounded
+    to the micro-unit half-to-even (0.0000025 -> 2 micro-units). An amount that is not
+    zero but would round to zero is a bad value, as are digits other than 0-9."""
+    return money(s, absolute=absolute)[0]
+
+
+def money(s: str, *, absolute: bool = False) -> tuple[int | None, str | None]:
+    """:func:`money_micros`, and the currency the amount is written in: its ISO code
+    (``12 USD``), its symbol (``$12``), or None. Two currencies that cannot be one
+    (``$1 EUR``) are a bad value."""
     try:
         v = float(s)   # the common case: a plain number
     except ValueError:
         pass
     else:
-        if 0.0 <= v < _FAST_LIMIT or absolute and -_FAST_LIMIT < v <= 0.0:
+        if (0.0 <= v < _FAST_LIMIT or absolute and -_FAST_LIMIT < v <= 0.0) and s.isascii():
             dot = s.find(".")
             if (dot < 0 or len(s) - dot <= 7) and "e" not in s and "E" not in s:
-                return round(abs(v) * 1_000_000)
-    t = _MONEY_JUNK.sub("", s.strip())
+                return round(abs(v) * 1_000_000), None
+    stripped = s.strip()
+    t = _MONEY_JUNK.sub("", stripped)
     if not t:
-        return None
+        return None, None
+    mark = money_mark(stripped)
+    if not t.isascii():
+        raise _not_ascii(s, "an amount of money")
     if "," in t:
         if "." in t:
             t = t.replace(",", "") if t.rfind(",") < t.rfind(".") else t.replace(".", "").replace(",", ".")
@@ -109,7 +147,42 @@ def money_micros(s: str, *, absolute: bool = False) -> int | None:
         raise BadValue(f"'{s[:30]}' is negative")
     if d > _MAX_AMOUNT:
         raise BadValue(f"'{s[:30]}' is too large (an amount is at most {MAX_AMOUNT:,})")
-    return int(d.quantize(_MICRO, context=_EXACT).scaleb(6, context=_EXACT))
+    micros = int(d.quantize(_MICRO, context=_EXACT).scaleb(6, context=_EXACT))
+    if micros == 0 and d != 0:
+        raise BadValue(f"'{s[:30]}' has more decimals than kpibot keeps (6): it would be "
+                       "stored as 0")
+    return micros, mark
+
+
+def money_mark(s: str) -> str | None:
+    """The currency an amount is written in: an ISO code (``EUR 3``), else a symbol
+    (``$12``), else None. A code and a symbol that cannot be one (``$1 EUR``), or two
+    of either, are a bad value."""
+    marks = _MONEY_MARK.findall(s.strip())
+    if not marks:
+        return None
+    codes = {m for m in marks if len(m) == 3}
+    symbols = {m for m in marks if len(m) == 1}
+    if len(codes) > 1 or len(symbols) > 1 or (
+            codes and symbols and not codes <= CURRENCY_SYMBOLS[next(iter(symbols))]):
+        raise BadValue(f"'{s[:30]}' names two currencies ({', '.join(sorted(codes | symbols))})")
+    return next(iter(codes or symbols))
+
+
+def currency_conflict(amount: str, mark: str, currency: str) -> str | None:
+    """Why ``amount``, written in ``mark`` (see :func:`money_mark`), cannot be in the row's
+    ``currency``; None when it can be, or when ``currency`` is empty or neither an ISO
+    code nor a known symbol (nothing to hold it against)."""
+    cur = currency.strip().upper()
+    row = CURRENCY_SYMBOLS.get(cur) or (
+        frozenset({cur}) if len(cur) == 3 and cur.isascii() and cur.isalpha() else None)
+    if row is None:
+        return None
+    codes = CURRENCY_SYMBOLS.get(mark) or frozenset({mark})
+    if row & codes:
+        return None
+    what = mark if len(mark) == 3 else f"{mark} ({_SYMBOL_NAMES[mark]})"
+    return f"'{amount[:30]}' is an amount in {what}, but the row's currency is {cur[:30]}"
 
 
 def seconds(s: str, limit: float = MAX_CALL_SECONDS) -> float | None:
@@ -117,10 +190,12 @@ def seconds(s: str, limit: float = MAX_CALL_SECONDS) -> float | None:
     t = s.strip()
     if not t:
         return None
+    if not t.isascii():
+        raise _not_ascii(s, "a duration in seconds")
     try:
         v = float(t)
     except ValueError:
-        if not re.fullmatch(r"\d+:\d{2}(:\d{2})?", t):   # 1:05 or 0:01:05
+        if not re.fullmatch(r"[0-9]+:[0-9]{2}(:[0-9]{2})?", t):   # 1:05 or 0:01:05
             raise BadValue(f"'{s[:30]}' is not a duration in seconds") from None
         parts = t.split(":")
         if len(parts[0]) > 12:
