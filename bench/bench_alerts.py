@@ -51,7 +51,7 @@ def main() -> None:
                 [3600, 86400, 7 * 86400]
             combos = itertools.cycle(itertools.product(names, metrics, windows))
             for _, (camp, (metric, op, thr), window) in zip(range(args.rules), combos):
-                alerts.add_rule(store, camp, metric, op, thr * (1 + _ % 7 / 100),
+                alerts.add_rule(store, camp, metric, op, min(0.999, thr * (1 + _ % 7 / 100)),
                                 window_s=window, min_volume=50, channel="C1")
             t = time.perf_counter()
             posts = len(alerts.evaluate(store, now))

@@ -110,6 +110,13 @@ def card_blocks(reply: Reply, command: str, share: bool = True) -> list[Block]:
     return blocks
 
 
+def shared_by(user_id: str, command: str) -> dict:
+    """The line under a card shared in a channel: who shared it, and the command."""
+    return {"type": "context", "elements": [
+        {"type": "mrkdwn", "text": f"shared by {mrkdwn.user(user_id)} · "
+                                   + _md(f"/kpi {command}", 1900)}]}
+
+
 def text_blocks(body: str, links: frozenset[str] = frozenset()) -> list[Block]:
     """Help, lists and errors: prose stays prose; tables are monospaced."""
     if "  " in body and "\n" in body:      # an aligned table or usage: keep the columns

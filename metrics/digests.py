@@ -122,6 +122,14 @@ class Digest:
     movers: list[tuple[str, str, float]] = field(default_factory=list)   # campaign, kpi, delta
     alerts: list[dict] = field(default_factory=list)
 
+    def as_json(self) -> dict:
+        """The digest as data (``kpibot digest preview --json``)."""
+        return {"start": self.start, "end": self.end, "campaigns": [
+            {"campaign": ln.campaign, "channel": ln.channel, "volume": ln.volume,
+             "metrics": {k.name: {"now": a.as_json(), "before": b.as_json()}
+                         for k, a, b in ln.values}} for ln in self.lines],
+            "movers": self.movers, "alerts": self.alerts}
+
 
 def build(store: Store, start: int, end: int, prev_start: int, prev_end: int,
           tz_name: str | None = None) -> Digest:

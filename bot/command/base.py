@@ -26,7 +26,7 @@ USAGE = {
     "digest": "/kpi digest add <daily or weekly <day>> <HH:MM> [<IANA tz>] [in #channel] | "
               "digest list | digest remove <id> | digest preview [daily]",
 }
-STATE_CHANGING = ("goal", "northstar", "alert", "digest", "import")
+STATE_CHANGING = ("goal", "northstar", "alert", "digest")
 EXAMPLES = ["/kpi list", "/kpi black-friday", "/kpi black-friday 7d",
             "/kpi ab black-friday", "/kpi compare black-friday cyber-monday ctr",
             "/kpi top conversion_rate 30d",

@@ -35,11 +35,7 @@ def cmd_digest(ctx: Context, args: list[Token]) -> Reply:
         start, end, ps, pe = digests.period_for("daily" if daily else "weekly", local_now)
         d = digests.build(ctx.store, start, end, ps, pe, tz_name)
         body = digest_text(d)
-        return Reply(body, {"start": start, "end": end, "campaigns": [
-            {"campaign": ln.campaign, "channel": ln.channel, "volume": ln.volume,
-             "metrics": {k.name: {"now": a.as_json(), "before": b.as_json()}
-                         for k, a, b in ln.values}} for ln in d.lines],
-            "movers": d.movers, "alerts": d.alerts})
+        return Reply(body, d.as_json())
     require_admin(ctx, f"digest {sub}")
     if sub == "add":
         words = [w.lower() for w in rest]

@@ -54,9 +54,7 @@ def _share(deps: Deps, body: dict) -> None:
     if not reply.ok:
         send.send(response_type="ephemeral", replace_original=False, **msg)
         return
-    msg.setdefault("blocks", []).append({"type": "context", "elements": [
-        {"type": "mrkdwn", "text": f"shared by {mrkdwn.user(user)} · "
-                                   + mrkdwn.cut(mrkdwn.escape(f"/kpi {command}"), 1900)}]})
+    msg.setdefault("blocks", []).append(blocks.shared_by(user, command))
     posted = send.send(response_type="in_channel", replace_original=False, **msg)
     if posted.status_code == 200:
         send.send(delete_original=True)   # the private copy is no longer needed
