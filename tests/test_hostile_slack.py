@@ -240,12 +240,24 @@ def test_the_longest_accepted_text_costs_a_bounded_number_of_lookups(hostile_sto
         assert len(lookups) <= 2 * command.MAX_WORDS and len(fuzzy) <= 2, (head, len(lookups))
 
 
-def test_a_long_name_against_many_campaigns_is_matched_quickly(store, write):
+def test_a_long_name_against_many_campaigns_is_matched_in_bounded_work(store, write,
+                                                                        monkeypatch):
+    """Suggestions for an unknown name: one fuzzy search, over names cut to 100
+    characters (difflib's cost is the product of the two lengths)."""
+    import difflib
+    searched = []
+    real = difflib.get_close_matches
+    monkeypatch.setattr(difflib, "get_close_matches",
+                        lambda word, names, *a, **k: searched.append((word, names))
+                        or real(word, names, *a, **k))
     rows = ["date,campaign,channel,sent,delivered"]
-    rows += [f"2026-03-01,campaign number {i} of the spring sale,sms,10,9" for i in range(3000)]
+    rows += [f"2026-03-01,campaign number {i} of the spring sale {'x' * 150},sms,10,9"
+             for i in range(3000)]
     import_file(store, write("many.csv", "\n".join(rows) + "\n"))
     reply = run('"' + "spring sale " * 80 + '"', Context(store))
     assert not reply.ok and "No campaign called" in reply.text
+    ((word, names),) = searched
+    assert len(word) <= 100 and len(names) == 3000 and max(map(len, names)) <= 100
 
 
 # -- replays -------------------------------------------------------------------------------------
