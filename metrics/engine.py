@@ -514,7 +514,7 @@ def report(store: Store, campaign: str | Campaign, period: Period | None = None,
         rep.dim_channel = channels[0]
         groups = {ch: reader.grouped(ch, period.start, period.end, by) for ch in channels}
         order = sorted({k for g in groups.values() for k in g},
-                       key=lambda k: (k == DAILY_KEY, k if by in TIME_DIMS else ""))
+                       key=lambda k: (k == DAILY_KEY, k if by in TIME_DIMS else str(k)))
         if by not in TIME_DIMS:   # biggest first
             order.sort(key=lambda k: (k == DAILY_KEY, -sum(
                 _volume(ch, groups[ch].get(k, {})) for ch in channels)))

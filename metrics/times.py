@@ -13,12 +13,11 @@ _UTC = dt.timezone.utc
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=_UTC)
 _TRAILING_ZONE = re.compile(r"\s*(UTC|GMT|Z)$", re.I)
 
-# The times data may hold: SMS and dialers did not exist before 1990, and a date past
-# 2100 is a typo. [FIRST_DAY, END_DAY) in UTC; anything outside is a bad row.
+# The days data may hold: SMS and dialers did not exist before 1990, and a date past
+# 2100 is a typo. [FIRST_DAY, END_DAY), each time's day as written (in its own zone, or
+# the team's for a time without one); anything outside is a bad row.
 FIRST_DAY, END_DAY = dt.date(1990, 1, 1), dt.date(2100, 1, 1)
-MIN_TIME = int(dt.datetime(1990, 1, 1, tzinfo=_UTC).timestamp())    # 631152000
-END_TIME = int(dt.datetime(2100, 1, 1, tzinfo=_UTC).timestamp())    # 4102444800
-_OUT_OF_RANGE = ("is not between 1990-01-01 and 2100-01-01 (UTC): no SMS or call data is older, "
+_OUT_OF_RANGE = ("is not between 1990-01-01 and 2100-01-01: no SMS or call data is older, "
                  "and a later date is a typo")
 
 
@@ -53,10 +52,9 @@ def parse_time(text: str, tz: dt.tzinfo = _UTC) -> int:
         d = _parse_other(s)
     if d.tzinfo is None:
         d = d.replace(tzinfo=tz)
-    ts = int(d.timestamp() // 1)
-    if not MIN_TIME <= ts < END_TIME:
+    if not FIRST_DAY <= d.date() < END_DAY:    # the day as written, in its own zone
         raise ValueError(f"'{s[:40]}' {_OUT_OF_RANGE}")
-    return ts
+    return int(d.timestamp() // 1)
 
 
 def check_day(day: dt.date) -> dt.date:

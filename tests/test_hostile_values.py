@@ -791,3 +791,18 @@ def test_memo_tables_do_not_keep_long_values():
     m = Memo(str.upper)
     assert m["a" * MEMO_CHARS] == "A" * MEMO_CHARS and len(m) == 1
     assert m["b" * 65_536] == "B" * 65_536 and len(m) == 1
+
+
+def test_the_first_and_last_days_are_allowed_in_every_zone(store, write, monkeypatch):
+    """The range is about the day as written: 1990-01-01 without a time, read in Berlin,
+    is 1989-12-31 in UTC and still allowed; 2099-12-31 in New York likewise."""
+    from metrics.times import parse_time, zone
+    assert parse_time("1990-01-01", zone("Europe/Berlin")) == 631148400
+    assert parse_time("2099-12-31T23:30:00-05:00") == 4102461000
+    for bad in ("1989-12-31T23:59:59+00:00", "2100-01-01", "1989-12-31"):
+        with pytest.raises(ValueError, match="is not between 1990-01-01 and 2100-01-01"):
+            parse_time(bad, zone("America/New_York"))
+    monkeypatch.setenv("KPIBOT_TZ", "Europe/Berlin")
+    f = write("edge.csv", "campaign,message_id,sent_at,recipient,status\n"
+                          "edge,e1,1990-01-01,+14155550100,delivered\n")
+    assert import_file(store, f).rows_new == 1
