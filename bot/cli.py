@@ -18,7 +18,7 @@ import click
 
 from metrics.errors import KpiBotError
 
-FORMAT_CHOICES = ("events", "calls", "daily", "twilio-messages", "twilio-calls")
+FORMAT_CHOICES = ("events", "calls", "daily", "twilio-messages", "twilio-calls", "twilio-bulk")
 
 
 def _store(db: str | None):
@@ -321,6 +321,53 @@ def serve(port: int, host: str, db: str | None) -> None:
         run_server(settings, lambda: Store(path), host, port)
     except KpiBotError as exc:
         raise click.ClickException(str(exc))
+
+
+@main.group()
+def sync() -> None:
+    """Fill in what live callbacks missed, from a provider's API."""
+
+
+@sync.command("twilio")
+@click.option("--since", default="48h", show_default=True, metavar="PERIOD",
+              help="How far back: 48h, 7d, or a date (2026-11-01).")
+@click.option("--campaign", metavar="NAME",
+              help="Campaign of records whose sender is not in [campaign_by_sender].")
+@db_option
+def sync_twilio_cmd(since: str, campaign: str | None, db: str | None) -> None:
+    """Read Twilio's Messages and Calls lists since --since and apply what the store does
+    not have yet (TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)."""
+    from metrics.live.apply import Applier, held_summary
+    from metrics.live.sync import SyncError, since_of, sync_twilio, twilio_client
+
+    sid, token = os.environ.get("TWILIO_ACCOUNT_SID"), os.environ.get("TWILIO_AUTH_TOKEN")
+    if not sid or not token:
+        raise click.ClickException("kpibot sync twilio needs TWILIO_ACCOUNT_SID and "
+                                   "TWILIO_AUTH_TOKEN (Twilio Console > Account Info)")
+    store = _store(db)
+    tty = sys.stderr.isatty()
+
+    def progress(r) -> None:
+        if tty:
+            click.echo(f"\r  {r.messages:,} messages, {r.calls:,} calls read", nl=False,
+                       err=True)
+    try:
+        result = sync_twilio(store, twilio_client(sid, token), since_of(since),
+                             campaign=campaign, progress=progress)
+        if tty:
+            click.echo(err=True)
+        applier = Applier(store)
+        while applier.run_once().events:
+            pass
+        applier.retry_held(force=True)
+    except (SyncError, KpiBotError) as exc:
+        store.close()
+        raise click.ClickException(str(exc)) from None
+    click.echo(result.summary())
+    held = sum(h["events"] for h in held_summary(store))
+    if held:
+        click.echo(f"  {held:,} event(s) have no campaign yet: see `kpibot list`")
+    store.close()
 
 
 @main.group()

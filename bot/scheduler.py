@@ -41,8 +41,11 @@ _digests_job = _job("digests", jobs.run_digests)
 
 def build(store_factory: Callable[[], Store], client: WebClient,
           alert_interval_s: int = ALERT_INTERVAL_S,
-          digest_interval_s: int = DIGEST_INTERVAL_S) -> BackgroundScheduler:
-    """A scheduler (not started) with every job. Runs that pile up are merged, never run
+          digest_interval_s: int = DIGEST_INTERVAL_S,
+          twilio: tuple[str, str] | None = None,
+          wake: Callable[[], None] | None = None) -> BackgroundScheduler:
+    """A scheduler (not started) with every job; with Twilio credentials (account SID,
+    auth token), the hourly sync too. Runs that pile up are merged, never run
     twice at once; a second bot on the same database is kept in step by the database."""
     sched = BackgroundScheduler(timezone=dt.timezone.utc, job_defaults={
         "coalesce": True, "max_instances": 1, "misfire_grace_time": 300})
@@ -53,4 +56,59 @@ def build(store_factory: Callable[[], Store], client: WebClient,
     # no rescheduling and a second bot claims nothing twice.
     sched.add_job(_digests_job, "interval", seconds=digest_interval_s, id="digests",
                   args=[store_factory, client], next_run_time=dt.datetime.now(dt.timezone.utc))
+    if twilio:
+        sched.add_job(_sync_job, "interval", seconds=SYNC_INTERVAL_S, id="twilio-sync",
+                      args=[store_factory, twilio, wake],
+                      next_run_time=dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=1))
     return sched
+
+
+SYNC_INTERVAL_S = 3600
+SYNC_OVERLAP_S = 2 * 3600      # each hourly run reads back this far before the last one
+SYNC_FIRST_S = 48 * 3600
+
+
+def _sync_job(store_factory: Callable[[], Store], twilio: tuple[str, str],
+              wake: Callable[[], None] | None) -> None:
+    """The hourly reconciliation with Twilio (``kpibot sync twilio`` on a schedule): from
+    a little before the last run (48 hours back the first time); the records go to the
+    inbox, which the applier thread applies."""
+    from metrics.live.sync import SYNC_SETTING, SyncError, sync_twilio, twilio_client
+    store = store_factory()
+    try:
+        last = store.get_setting(SYNC_SETTING)
+        start = int(last) - SYNC_OVERLAP_S if last else int(time.time()) - SYNC_FIRST_S
+        result = sync_twilio(store, twilio_client(*twilio),
+                             dt.datetime.fromtimestamp(start, dt.timezone.utc))
+        log.info("twilio-sync: %s", result.summary())
+        if wake:
+            wake()
+    except SyncError as exc:
+        log.warning("twilio-sync: %s; the next run tries again", exc)
+    except Exception:
+        log.exception("twilio-sync failed; the next run tries again")
+    finally:
+        store.close()
+
+
+NUDGE_EVERY_S = 15
+_nudged = {"at": 0.0}     # monotonic time of the last check asked for
+
+
+def nudge_alerts(sched: BackgroundScheduler) -> None:
+    """Live events changed some campaigns: have the alert rules checked now rather than
+    at the next tick, so an opt-out spike posts while it happens. At most one check every
+    NUDGE_EVERY_S; events that arrive before the one asked for are in it, and those just
+    after it ask for the next one, NUDGE_EVERY_S later."""
+    now = time.monotonic()
+    if _nudged["at"] > now:           # a check is already due after these events
+        return
+    at = max(now, _nudged["at"] + NUDGE_EVERY_S)
+    _nudged["at"] = at
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=at - now)
+    try:
+        job = sched.get_job("alerts")
+        if job is not None and (job.next_run_time is None or job.next_run_time > when):
+            job.modify(next_run_time=when)
+    except Exception:      # stopping: nothing to nudge
+        log.debug("alerts not nudged", exc_info=True)

@@ -10,7 +10,9 @@ from metrics.errors import KpiBotError
 from metrics.store import Store
 
 from .app import create_app
-from .deps import Settings
+from .deps import Settings, StorePerThread
+from .live import LiveWorker
+from .webhooks import LiveSettings, Webhooks
 
 log = logging.getLogger("kpibot")
 PATH = "/slack/events"
@@ -32,17 +34,31 @@ def check(settings: Settings) -> None:
         raise ServeError("kpibot serve needs " + " and ".join(missing) + ".")
 
 
-def wsgi_app(settings: Settings, store_factory: Callable[[], Store], client=None):
+def wsgi_app(settings: Settings, store_factory: Callable[[], Store], client=None,
+             live: LiveSettings | None = None, wake: Callable[[], None] | None = None,
+             app=None):
+    """Slack's /slack/events and the live-data paths (``bot.webhooks``) on one WSGI app."""
     from slack_bolt.adapter.wsgi import SlackRequestHandler
-    return SlackRequestHandler(create_app(settings, store_factory, client), path=PATH)
+    slack = SlackRequestHandler(app or create_app(settings, store_factory, client), path=PATH)
+    return Webhooks(live or LiveSettings.from_env(), StorePerThread(store_factory),
+                    fallback=slack, wake=wake)
 
 
 def http_server(settings: Settings, store_factory: Callable[[], Store], host: str, port: int,
-                threads: int = 8, client=None):
+                threads: int = 8, client=None, live: LiveSettings | None = None,
+                wake: Callable[[], None] | None = None):
     """A waitress server (not yet running); ``port=0`` picks a free port."""
     from waitress.server import create_server
-    return create_server(wsgi_app(settings, store_factory, client), host=host, port=port,
-                         threads=threads, ident="kpibot")
+    return create_server(wsgi_app(settings, store_factory, client, live, wake), host=host,
+                         port=port, threads=threads, ident="kpibot")
+
+
+def webhook_server(live: LiveSettings, store_factory: Callable[[], Store], host: str, port: int,
+                   threads: int = 8, wake: Callable[[], None] | None = None):
+    """The live-data paths alone (Socket Mode, where Slack needs no port)."""
+    from waitress.server import create_server
+    return create_server(Webhooks(live, StorePerThread(store_factory), wake=wake), host=host,
+                         port=port, threads=threads, ident="kpibot")
 
 
 def serve(settings: Settings, store_factory: Callable[[], Store], host: str, port: int) -> None:
@@ -52,28 +68,55 @@ def serve(settings: Settings, store_factory: Callable[[], Store], host: str, por
     except Exception as exc:
         raise ServeError(f"Slack did not accept the bot token at {settings.api_url} ({exc}); "
                          "check SLACK_BOT_TOKEN and SLACK_API_URL.") from None
-    from .scheduler import build
-    scheduler = build(store_factory, app.client)
+    import os
+
+    from .scheduler import build, nudge_alerts
+    live = LiveSettings.from_env()
+    holder: dict = {}
+    worker = LiveWorker(store_factory,
+                        on_applied=lambda campaigns: nudge_alerts(holder["scheduler"]))
+    account = os.environ.get("TWILIO_ACCOUNT_SID")
+    twilio = (account, live.twilio_token) if account and live.twilio_token else None
+    scheduler = holder["scheduler"] = build(store_factory, app.client, twilio=twilio,
+                                            wake=worker.wake)
     scheduler.start()
+    worker.start()
     log.info("kpibot: alert checks every %s s", int(scheduler.get_job("alerts").trigger
                                                   .interval.total_seconds()))
+    _log_live(live)
+    log.info("kpibot: hourly Twilio sync %s", "on" if twilio else
+             "off (needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN)")
     if settings.app_token:
         from slack_bolt.adapter.socket_mode import SocketModeHandler
         log.info("kpibot: connecting to Slack in Socket Mode")
         handler = SocketModeHandler(app, settings.app_token)
-        stop_on_signals(lambda: (scheduler.shutdown(wait=False), handler.close()))
+        server = webhook_server(live, store_factory, host, port, wake=worker.wake)
+        stop_on_signals(lambda: (scheduler.shutdown(wait=False), server.close(),
+                                 handler.close()))
+        Background(server).thread.start()
+        log.info("kpibot: live data on http://%s:%s (Slack through Socket Mode)", host,
+                 server.effective_port)
         handler.start()
         return
-    from slack_bolt.adapter.wsgi import SlackRequestHandler
     from waitress.server import create_server
-    server = create_server(SlackRequestHandler(app, path=PATH), host=host, port=port, threads=8,
-                           ident="kpibot")
+    server = create_server(wsgi_app(settings, store_factory, live=live, wake=worker.wake,
+                                    app=app),
+                           host=host, port=port, threads=8, ident="kpibot")
     stop_on_signals(lambda: (scheduler.shutdown(wait=False), server.close()))
     log.info("kpibot: listening on http://%s:%s%s", host, server.effective_port, PATH)
     try:
         server.run()
     except (OSError, ValueError):   # the socket closed under select() while stopping
         pass
+
+
+def _log_live(live: LiveSettings) -> None:
+    if live.twilio_token:
+        where = live.public_url or "the Host header of each request (set KPIBOT_PUBLIC_URL)"
+        log.info("kpibot: Twilio webhooks on /twilio/..., signatures checked against %s", where)
+    else:
+        log.info("kpibot: Twilio webhooks off (no TWILIO_AUTH_TOKEN)")
+    log.info("kpibot: /ingest %s", "on" if live.ingest_token else "off (no KPIBOT_INGEST_TOKEN)")
 
 
 STOP_GRACE_S = 3.0

@@ -206,6 +206,27 @@ def campaign_list(rows: list[dict]) -> str:
     return table(out, right={3})
 
 
+_PLURAL = {"message status": "message statuses", "reply": "replies", "call": "calls",
+           "click": "clicks", "event": "events", "synced record": "synced records"}
+
+
+def unassigned_list(held: list[dict]) -> str:
+    """Live events kept because nothing says which campaign they belong to."""
+    total = sum(h["events"] for h in held)
+    lines = [f"Unassigned live events: {total:,} (kept, not counted until they have a "
+             "campaign)"]
+    for h in held[:10]:
+        what = h["what"] if h["events"] == 1 else _PLURAL.get(h["what"], h["what"])
+        sender = f" via {h['sender']}" if h["sender"] else ""
+        lines.append(f"  {h['events']:,} {what}{sender}: {h['reason']}")
+    if len(held) > 10:
+        lines.append(f"  … and {len(held) - 10} more kinds")
+    lines.append("Give them a campaign with ?campaign=NAME on the webhook URL or a "
+                 "[campaign_by_sender] entry in the KPIBOT_SOURCES file; they are applied "
+                 "as soon as one is known.")
+    return "\n".join(lines)
+
+
 def help_text(usage: dict, examples: list[str]) -> str:
     lines = ["/kpi: campaign KPIs from your SMS and call exports.", ""]
     lines += [f"  {u}" for u in usage.values()]

@@ -56,10 +56,41 @@ def refresh_reach(conn: sqlite3.Connection, after_rowid: int | None = None,
         conn.execute(f"DELETE FROM temp.reach_touched WHERE campaign_id IN "
                      f"({', '.join('?' * len(dirty))})", dirty)
     conn.execute("INSERT OR IGNORE INTO campaign_recipients SELECT * FROM temp.reach_touched")
+    _redo_deliveries(conn)
+    conn.execute("DROP TABLE temp.reach_touched")
+
+
+def _redo_deliveries(conn: sqlite3.Connection) -> None:
+    """The deliveries of every (campaign, recipient) pair in temp.reach_touched, again
+    from the messages (each with the time of the pair's delivery before it)."""
     join = ("temp.reach_touched AS t JOIN messages AS m INDEXED BY messages_reach ON "
             f"m.campaign_id = t.campaign_id AND m.recipient = t.recipient WHERE {_REACHED_M}")
     conn.execute("DELETE FROM deliveries WHERE (campaign_id, sent_at, message_id) IN "
                  f"(SELECT m.campaign_id, m.sent_at, m.id FROM {join})")
     conn.execute(f"INSERT INTO deliveries SELECT m.campaign_id, m.sent_at, m.id, {_LAG} "
                  f"FROM {join}")
+
+
+def refresh_reach_pairs(conn: sqlite3.Connection, changed: str) -> None:
+    """Live changes: ``changed`` is a table of (campaign_id, recipient, sent_at, id) for
+    every message that changed, as it was and as it is (both). Each pair's deliveries and
+    its place in ``campaign_recipients`` are redone from the messages, and the marks the
+    changes left for a whole-campaign recount are cleared (this is that recount, for the
+    recipients that changed)."""
+    conn.execute("DROP TABLE IF EXISTS temp.reach_touched")
+    conn.execute("CREATE TEMP TABLE reach_touched (campaign_id INTEGER NOT NULL, recipient "
+                 "BLOB NOT NULL, PRIMARY KEY (campaign_id, recipient)) WITHOUT ROWID")
+    conn.execute(f"INSERT OR IGNORE INTO temp.reach_touched SELECT campaign_id, recipient "
+                 f"FROM {changed} WHERE recipient IS NOT NULL")
+    # the changed messages' own deliveries, wherever they were
+    conn.execute(f"DELETE FROM deliveries WHERE (campaign_id, sent_at, message_id) IN "
+                 f"(SELECT campaign_id, sent_at, id FROM {changed})")
+    _redo_deliveries(conn)
+    conn.execute("DELETE FROM campaign_recipients WHERE (campaign_id, recipient) IN "
+                 "(SELECT campaign_id, recipient FROM temp.reach_touched)")
+    conn.execute("INSERT INTO campaign_recipients SELECT t.campaign_id, t.recipient FROM "
+                 "temp.reach_touched AS t WHERE EXISTS (SELECT 1 FROM messages AS m INDEXED BY "
+                 "messages_reach WHERE m.campaign_id = t.campaign_id AND m.recipient = "
+                 f"t.recipient AND {_REACHED_M})")
     conn.execute("DROP TABLE temp.reach_touched")
+    conn.execute("DELETE FROM rollup_dirty WHERE kind = 'reach'")

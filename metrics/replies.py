@@ -55,3 +55,15 @@ def attribute_replies(conn, window_s: int = REPLY_WINDOW_S) -> int:
                                                            WHERE o.id = i.reply_to)
         """)
     return n
+
+
+def reply_target(conn, recipient: bytes, at: int, window_s: int = REPLY_WINDOW_S
+                 ) -> tuple[int, int] | None:
+    """The message a reply from ``recipient`` at ``at`` answers, by the rule above: the
+    latest outbound message to that number within the window before it, as (id,
+    campaign_id). One lookup in the recipient index, for live replies one at a time."""
+    return conn.execute(
+        "SELECT id, campaign_id FROM messages INDEXED BY messages_recipient "
+        "WHERE recipient = ? AND direction = 'outbound' AND recipient IS NOT NULL "
+        "AND sent_at <= ? AND sent_at >= ? ORDER BY sent_at DESC, id DESC LIMIT 1",
+        (recipient, at, at - window_s)).fetchone()

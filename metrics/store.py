@@ -305,6 +305,27 @@ def m004_digests(db: "sqlite_utils.Database") -> None:
         """)
 
 
+@migration
+def m005_live(db: "sqlite_utils.Database") -> None:
+    """Live data (``metrics.live``): events that named no campaign, kept until one is
+    known; and the outbound messages by recipient, which a live reply is matched on
+    (``replies.attribute_replies_to``) without a scan of every message."""
+    db.executescript(
+        """
+        CREATE TABLE live_unassigned (
+            event_id INTEGER PRIMARY KEY,      -- its id in the inbox
+            received_at INTEGER NOT NULL,
+            source TEXT NOT NULL,              -- e.g. twilio-status
+            what TEXT NOT NULL,                -- message status, reply, call, click
+            sender TEXT,                       -- our number or messaging service
+            reason TEXT NOT NULL,
+            body TEXT NOT NULL                 -- the event, as the inbox held it (JSON)
+        );
+        CREATE INDEX messages_recipient ON messages(recipient, sent_at)
+            WHERE direction = 'outbound' AND recipient IS NOT NULL;
+        """)
+
+
 # The inbox database's schema (see Store.inbox): requests already handled (a signed
 # request's signature, an event's id), so that a replay or a retry is answered without
 # running again; kept for minutes. Created as it is first opened.
@@ -314,6 +335,17 @@ CREATE TABLE IF NOT EXISTS seen_requests (
     seen_at INTEGER NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS seen_requests_at ON seen_requests(seen_at);
+-- Events from providers and other systems, acknowledged once written here and moved into
+-- the main database by one applier (metrics.live.apply); ids only grow (AUTOINCREMENT),
+-- so "applied up to id N", kept in the main database, says exactly what is done.
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,       -- the event's identity: a repeat has the same key
+    received_at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    body TEXT NOT NULL              -- JSON, see metrics.live.events
+);
+CREATE INDEX IF NOT EXISTS events_received ON events(received_at);
 """
 
 
@@ -599,6 +631,51 @@ class Store:
                                     "ON CONFLICT(key) DO NOTHING", (key, now)).rowcount == 1
         except sqlite3.Error as exc:
             raise (write_error(self.inbox_path(), exc) or exc) from exc
+
+    def inbox_put(self, events: list[tuple[str, str, str]], now: int) -> int:
+        """Write events (key, source, JSON body) to the inbox in one transaction, committed
+        when this returns: what a 2xx to a provider promises. A key already there (a
+        repeat) is left alone. Returns how many were new."""
+        conn = self.inbox
+        try:
+            with conn:
+                before = conn.total_changes
+                conn.executemany(
+                    "INSERT INTO events(key, received_at, source, body) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO NOTHING",
+                    [(key, now, source, body) for key, source, body in events])
+                return conn.total_changes - before
+        except sqlite3.Error as exc:
+            raise (write_error(self.inbox_path(), exc) or exc) from exc
+
+    def inbox_after(self, after_id: int, limit: int) -> list[tuple[int, int, str, str]]:
+        """Inbox events with id > ``after_id``, oldest first: (id, received_at, source, body)."""
+        return self.inbox.execute(
+            "SELECT id, received_at, source, body FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (after_id, limit)).fetchall()
+
+    def inbox_last_id(self) -> int:
+        return self.inbox.execute("SELECT COALESCE(MAX(id), 0) FROM events").fetchone()[0]
+
+    def inbox_forget(self, applied_upto: int, before: int) -> int:
+        """Drop applied events received before ``before``: their keys are no longer needed
+        to recognise repeats."""
+        conn = self.inbox
+        with conn:
+            return conn.execute("DELETE FROM events WHERE id <= ? AND received_at < ?",
+                                (applied_upto, before)).rowcount
+
+    def health(self) -> dict:
+        """Raises unless the main database can be read and the inbox (where an
+        acknowledged event is written) can be written; says how many events wait to be
+        applied."""
+        self.conn.execute("SELECT COUNT(*) FROM settings").fetchone()
+        inbox = self.inbox
+        inbox.execute("BEGIN IMMEDIATE")
+        inbox.rollback()
+        upto = int(self.get_setting("live_applied_upto", "0"))
+        pending = inbox.execute("SELECT COUNT(*) FROM events WHERE id > ?", (upto,)).fetchone()[0]
+        return {"pending_events": pending}
 
     def timezone(self) -> str:
         """The team's IANA time zone: ``$KPIBOT_TZ``, then the stored setting, then UTC."""

@@ -776,8 +776,8 @@ def test_a_batch_of_long_rows_ends_at_a_character_budget(store, write, monkeypat
     monkeypatch.setattr(P, "BATCH_CHARS", 20_000)
     monkeypatch.setattr(S, "_BLOCK", 4_000)
     sizes = []
-    build = P._build_batch
-    monkeypatch.setattr(P, "_build_batch", lambda b, items: sizes.append(len(items))
+    build = P.build_batch
+    monkeypatch.setattr(P, "build_batch", lambda b, items: sizes.append(len(items))
                         or build(b, items))
     head = HEADER.rstrip("\n") + ",note\n"
     p = write("wide.csv", head + "".join(row(i) + "," + "n" * 2_000 + "\n" for i in range(100)))

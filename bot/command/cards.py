@@ -7,6 +7,7 @@ import difflib
 
 from metrics import engine, kpis
 from metrics.errors import UnknownCampaign
+from metrics.live.apply import held_summary
 from metrics.periods import is_period
 from metrics.store import GOALS
 
@@ -18,7 +19,11 @@ from .tokens import Token
 
 def cmd_list(ctx: Context, args: list[Token]) -> Reply:
     rows = engine.campaigns(ctx.store)
-    return Reply(text.campaign_list(rows), {"campaigns": rows})
+    held = held_summary(ctx.store)
+    out = text.campaign_list(rows)
+    if held:
+        out += "\n\n" + text.unassigned_list(held)
+    return Reply(out, {"campaigns": rows, "unassigned": held})
 
 
 def cmd_goal(ctx: Context, args: list[Token]) -> Reply:

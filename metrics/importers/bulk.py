@@ -31,9 +31,9 @@ class BulkLoad:
       left on, it ran two thousand times in a million-row import and took a second.
       Nothing here makes reference cycles to speak of; young objects are collected by
       hand every GC_EVERY batches (:meth:`batch_done`);
-    - for a load that is large next to its table, the time and reach indexes dropped and
-      rebuilt at the end (:meth:`suspend_indexes`, :meth:`rebuild_indexes`), inside the
-      transaction."""
+    - for a load that is large next to its table, the time, reach and recipient indexes
+      dropped and rebuilt at the end (:meth:`suspend_indexes`, :meth:`rebuild_indexes`),
+      inside the transaction."""
 
     def __init__(self, store):
         self.conn = store.conn
@@ -68,7 +68,7 @@ class BulkLoad:
     def suspend_indexes(self, conn, table: str, new_rows: int, existing: int,
                         min_rows: int = SUSPEND_INDEX_ROWS) -> None:
         """For a bulk load (``new_rows`` of at least ``min_rows``, and at least a quarter of
-        the ``existing``), drop the table's time and reach indexes; :meth:`rebuild_indexes`
+        the ``existing``), drop the table's time, reach and recipient indexes; :meth:`rebuild_indexes`
         makes them again.
 
         Rows arrive in no particular time order, so keeping a (campaign, time) index up
@@ -80,7 +80,8 @@ class BulkLoad:
             return
         found = conn.execute(
             "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ? AND "
-            "(name LIKE '%campaign_time' OR name LIKE '%reach')", (table,)).fetchall()
+            "(name LIKE '%campaign_time' OR name LIKE '%reach' OR name LIKE '%recipient')",
+            (table,)).fetchall()
         for name, _ in found:
             conn.execute(f"DROP INDEX {name}")
         self._rebuild.extend(sql for _, sql in found)

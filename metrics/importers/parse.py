@@ -130,7 +130,7 @@ def parse(job: ParseJob) -> Iterator[tuple]:
                     break
             else:
                 done = True
-            columns, errors = _build_batch(build, pending)
+            columns, errors = build_batch(build, pending)
             pending = []
             if errors:
                 total_errors += len(errors)
@@ -154,7 +154,7 @@ def parse(job: ParseJob) -> Iterator[tuple]:
            sorted(set(campaigns.touched.values()), key=name_key), plan.ignored)
 
 
-def _build_batch(build, items: list[tuple[int, object]]) -> tuple[list, list[RowError]]:
+def build_batch(build, items: list[tuple[int, object]]) -> tuple[list, list[RowError]]:
     """Build a batch's rows column by column; when a value is bad, halve the batch until
     the bad rows stand alone (a one-row batch names the row's first bad column), so a
     clean batch costs one pass and a bad one a few more. Returns the columns of the good

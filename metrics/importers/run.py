@@ -22,12 +22,14 @@ from .child import parse_in_child
 from .fields import FORMATS, Format, detect, shown_names
 from .mapping import Mapping, load_mapping
 from .parse import ParseJob, parse
+from . import twilio_bulk
 from .source import CsvSource
 from .writer import TABLES, BatchWriter
 
 PARALLEL_BYTES = 4 << 20       # files this big are parsed in a second process
 
-FORMAT_NAMES = tuple(FORMATS)
+BULK = "twilio-bulk"          # Twilio BulkExport day files (see twilio_bulk)
+FORMAT_NAMES = tuple(FORMATS) + (BULK,)
 
 
 @dataclass
@@ -82,6 +84,7 @@ def import_file(
     reply_window_s: int = REPLY_WINDOW_S,
     progress: Callable[[int, int], None] | None = None,
     parallel: bool | None = None,
+    source_name: str | None = None,
 ) -> ImportResult:
     """Import one CSV file. Strict by default: any bad row rejects the whole file and
     nothing changes. With ``skip_bad_rows`` the good rows land and the bad are reported.
@@ -89,8 +92,13 @@ def import_file(
 
     Files over a few megabytes are parsed in a second process while this one writes
     (``parallel`` forces the choice either way)."""
+    if format == BULK or (format is None and mapping is None and twilio_bulk.looks_like_day_file(path)):
+        return _import_bulk(store, path, campaign=campaign, mapping=mapping,
+                            skip_bad_rows=skip_bad_rows, dry_run=dry_run,
+                            imported_by=imported_by, default_region=default_region,
+                            reply_window_s=reply_window_s, progress=progress, parallel=parallel)
     if format is not None and format not in FORMATS:
-        raise ImportRejected(f"unknown format '{format}' (known: {', '.join(FORMATS)})")
+        raise ImportRejected(f"unknown format '{format}' (known: {', '.join(FORMAT_NAMES)})")
     if mapping is not None and not isinstance(mapping, Mapping):
         try:
             mapping = load_mapping(mapping)
@@ -122,7 +130,8 @@ def import_file(
             cur = conn.execute(
                 "INSERT INTO imports(file, sha256, size_bytes, format, encoding, started_at, "
                 "imported_by) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (str(path), src.sha256, src.size, result.format, src.encoding, iso(utcnow()),
+                (source_name or str(path), src.sha256, src.size, result.format, src.encoding,
+                 iso(utcnow()),
                  imported_by or _whoami()))
             import_id = cur.lastrowid
             next_id = conn.execute("SELECT COALESCE(MAX(id), 0) + 1 FROM campaigns").fetchone()[0]
@@ -217,6 +226,31 @@ def import_file(
         if exc.errno in NO_SPACE:
             raise StoreError(no_space_message(store.path, exc)) from exc
         raise
+    return result
+
+
+def _import_bulk(store: Store, path: str | os.PathLike, *, skip_bad_rows: bool,
+                 **options) -> ImportResult:
+    """A BulkExport day file: converted as it streams into a temporary CSV of the
+    twilio-messages (or twilio-calls) format, imported as such, reported with the day
+    file's name and line numbers."""
+    name = os.path.basename(path)
+    csv_path, fmt, warnings, line_of = twilio_bulk.to_csv(path, skip_bad_rows)
+    try:
+        try:
+            result = import_file(store, csv_path, format=fmt, skip_bad_rows=skip_bad_rows,
+                                 source_name=str(path), **options)
+        except ImportRejected as exc:
+            exc.file = name
+            for e in exc.errors:
+                e.line = line_of(e.line)
+            raise
+    finally:
+        os.unlink(csv_path)
+    result.file, result.format = name, f"{BULK} ({fmt})"
+    result.warnings = warnings + result.warnings
+    for e in result.errors:
+        e.line = line_of(e.line)
     return result
 
 
