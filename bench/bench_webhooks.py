@@ -104,8 +104,10 @@ def _requests(first: int, count: int) -> list[tuple[bytes, str]]:
     return out
 
 
-def _load_proc(port: int, first: int, count: int, rate: float, start_at: float, out) -> None:
+def _load_proc(port: int, first: int, count: int, rate: float, ready, out) -> None:
     reqs = _requests(first, count)
+    ready.wait()                                # every sender has signed its requests
+    start_at = time.perf_counter() + 0.2        # (the clock is the system's, shared)
     per_thread = [reqs[k::THREADS] for k in range(THREADS)]
     lat: list[list[float]] = [[] for _ in range(THREADS)]
     errors = [0] * THREADS
@@ -138,16 +140,16 @@ def _load_proc(port: int, first: int, count: int, rate: float, start_at: float, 
         t.start()
     for t in ts:
         t.join()
-    out.put(([x for part in lat for x in part], sum(errors), time.perf_counter()))
+    out.put(([x for part in lat for x in part], sum(errors), start_at, time.perf_counter()))
 
 
 def load(port: int, first: int, count: int, rate: float) -> dict:
     """Send ``count`` callbacks at ``rate`` per second; the latencies and achieved rate."""
     q: mp.Queue = mp.Queue()
-    start_at = time.perf_counter() + 1.5        # time for the senders to pre-sign
+    ready = mp.Barrier(PROCS)
     share = count // PROCS
     procs = [mp.Process(target=_load_proc, args=(port, first + k * share, share, rate,
-                                                 start_at, q)) for k in range(PROCS)]
+                                                 ready, q)) for k in range(PROCS)]
     for p in procs:
         p.start()
     results = [q.get() for _ in procs]
@@ -155,7 +157,8 @@ def load(port: int, first: int, count: int, rate: float) -> dict:
         p.join()
     lat = sorted(x for r in results for x in r[0])
     errors = sum(r[1] for r in results)
-    end = max(r[2] for r in results)
+    start_at = min(r[2] for r in results)
+    end = max(r[3] for r in results)
     q99 = lat[int(len(lat) * 0.99) - 1] if lat else float("nan")
     return {"sent": share * PROCS, "ok": len(lat), "errors": errors,
             "rate": len(lat) / (end - start_at), "p50": statistics.median(lat) if lat else 0,
@@ -292,33 +295,40 @@ def main() -> None:
 
 
 def during_import(work: Path, fake_url: str, args) -> None:
+    """The import alone, then with the callbacks going to the reference server, then to
+    kpibot serve (whose database it is), in turns: what the load itself costs the import
+    on this machine, and what kpibot adds."""
     csv = HERE / "out" / f"events-{args.import_rows}.csv"
     if not csv.exists():
         sys.exit(f"{csv} is missing: run bench/bench_import.py --sizes {args.import_rows} first")
-    alone = []
-    with_load = []
-    results = []
+    times: dict[str, list[float]] = {"alone": [], "reference": [], "kpibot": []}
     for turn in range(args.repeat):
-        alone.append(import_alone(csv, work / f"alone{turn}.db"))
-        db = work / f"live{turn}.db"
-        proc, port = start_kpibot(db, fake_url)
-        t0 = time.perf_counter()
-        imp = subprocess.Popen([sys.executable, "-m", "bot.cli", "import", str(csv), "--db",
-                                str(db)], cwd=ROOT, stdout=subprocess.DEVNULL)
-        # the load for as long as the import runs (its length measured alone first)
-        count = int(args.rate * alone[-1])
-        r = load(port, 10_000_000, count, args.rate)
-        imp.wait()
-        with_load.append(time.perf_counter() - t0)
-        caught = wait_applied(db)
-        results.append(r)
-        print(fmt("kpibot during import", r, f"import {with_load[-1]:.1f} s (alone "
-                  f"{alone[-1]:.1f} s); applier caught up {caught:.1f} s after"), flush=True)
-        proc.terminate()
-        proc.wait()
-    print(f"import with callbacks / alone: {statistics.median(with_load):.1f} / "
-          f"{statistics.median(alone):.1f} s = "
-          f"{statistics.median(w / a for w, a in zip(with_load, alone)):.2f}x")
+        times["alone"].append(import_alone(csv, work / f"alone{turn}.db"))
+        count = int(args.rate * times["alone"][-1])      # callbacks for as long as it runs
+        for name in ("reference", "kpibot"):
+            db = work / f"{name}-live{turn}.db"
+            if name == "kpibot":
+                proc, port = start_kpibot(db, fake_url)
+            else:
+                proc, port = start_reference(work / f"{name}-ref{turn}.db")
+            t0 = time.perf_counter()
+            imp = subprocess.Popen([sys.executable, "-m", "bot.cli", "import", str(csv),
+                                    "--db", str(db)], cwd=ROOT, stdout=subprocess.DEVNULL)
+            r = load(port, 10_000_000, count, args.rate)
+            imp.wait()
+            times[name].append(time.perf_counter() - t0)
+            extra = ""
+            if name == "kpibot":
+                extra = f"; applier caught up {wait_applied(db):.1f} s after"
+            print(fmt(f"{name} during import", r, f"import {times[name][-1]:.1f} s (alone "
+                      f"{times['alone'][-1]:.1f} s){extra}"), flush=True)
+            proc.terminate()
+            proc.wait()
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"import: alone {med['alone']:.1f} s; with callbacks to the reference "
+          f"{med['reference']:.1f} s ({med['reference'] / med['alone']:.2f}x); to kpibot "
+          f"{med['kpibot']:.1f} s ({med['kpibot'] / med['alone']:.2f}x, "
+          f"{med['kpibot'] / med['reference']:.2f}x the reference's)")
 
 
 def memory_run(work: Path, fake_url: str, total: int, rate: float) -> None:

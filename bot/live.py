@@ -13,21 +13,29 @@ import time
 from typing import Callable
 
 from metrics.errors import KpiBotError
-from metrics.live.apply import BATCH, Applier
+from metrics.live.apply import Applier
 from metrics.store import Store
 
 log = logging.getLogger("kpibot.live")
 IDLE_S = 1.0          # the longest an event waits when no wake-up came
+GATHER_S = 0.2        # after a batch, events gather this long before the next one: a
+                      # transaction per callback would cost more than the callbacks
+# Catching up (after an import held the store): batches this big, with a pause between
+# them, so that the acknowledgements of new callbacks are not held back by the backlog
+CATCH_UP_BATCH = 500
+CATCH_UP_PAUSE_S = 0.01
 RETRY_HELD_S = 10.0   # how often held events are looked at (they are retried on a change)
 
 
 class LiveWorker:
     def __init__(self, store_factory: Callable[[], Store],
                  on_applied: Callable[[set[int]], None] | None = None,
-                 idle_s: float = IDLE_S, retry_held_s: float = RETRY_HELD_S):
+                 idle_s: float = IDLE_S, retry_held_s: float = RETRY_HELD_S,
+                 gather_s: float = GATHER_S):
         self.store_factory = store_factory
         self.on_applied = on_applied or (lambda campaigns: None)
-        self.idle_s, self.retry_held_s = idle_s, retry_held_s
+        self.idle_s, self.retry_held_s, self.gather_s = idle_s, retry_held_s, gather_s
+        self.batch, self.pause_s = CATCH_UP_BATCH, CATCH_UP_PAUSE_S
         self._wake = threading.Event()
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="kpibot-live", daemon=True)
@@ -63,15 +71,19 @@ class LiveWorker:
                     store = self.store_factory()
                     applier = Applier(store)
                 while not self._stop.is_set():
-                    done = applier.run_once()
+                    done = applier.run_once(limit=self.batch)
                     self.applied += done.events
                     if done.held:
                         log.info("live: %d event(s) kept as unassigned (see `kpibot list`)",
                                  done.held)
                     if done.campaigns:
                         self.on_applied(done.campaigns)
-                    if done.events < BATCH:
+                    if done.events < self.batch:
                         break
+                    self._stop.wait(self.pause_s)   # catching up: let acknowledgements in
+                if done.events:
+                    self._stop.wait(self.gather_s)
+                store.checkpoint_inbox()       # what the webhooks' commits leave to us
                 if time.monotonic() - last_retry >= self.retry_held_s:
                     last_retry = time.monotonic()
                     done = applier.retry_held()

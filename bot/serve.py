@@ -46,10 +46,10 @@ def wsgi_app(settings: Settings, store_factory: Callable[[], Store], client=None
 
 def http_server(settings: Settings, store_factory: Callable[[], Store], host: str, port: int,
                 threads: int = 8, client=None, live: LiveSettings | None = None,
-                wake: Callable[[], None] | None = None):
+                wake: Callable[[], None] | None = None, app=None):
     """A waitress server (not yet running); ``port=0`` picks a free port."""
     from waitress.server import create_server
-    return create_server(wsgi_app(settings, store_factory, client, live, wake), host=host,
+    return create_server(wsgi_app(settings, store_factory, client, live, wake, app), host=host,
                          port=port, threads=threads, ident="kpibot")
 
 
@@ -69,12 +69,26 @@ def serve(settings: Settings, store_factory: Callable[[], Store], host: str, por
         raise ServeError(f"Slack did not accept the bot token at {settings.api_url} ({exc}); "
                          "check SLACK_BOT_TOKEN and SLACK_API_URL.") from None
     import os
+    import sys
 
+    # Threads take turns on the interpreter every 5 ms by default: an acknowledgement that
+    # needs it a few times waited tens of milliseconds behind the applier; 1 ms keeps the
+    # acknowledgements quick (measured: bench/bench_webhooks.py)
+    sys.setswitchinterval(0.001)
     from .scheduler import build, nudge_alerts
     live = LiveSettings.from_env()
     holder: dict = {}
     worker = LiveWorker(store_factory,
                         on_applied=lambda campaigns: nudge_alerts(holder["scheduler"]))
+    try:
+        if settings.app_token:      # Slack through Socket Mode: the port has the live paths
+            server = webhook_server(live, store_factory, host, port, wake=worker.wake)
+        else:
+            server = http_server(settings, store_factory, host, port, live=live,
+                                 wake=worker.wake, app=app)
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): choose "
+                         "another port with --port (or PORT)") from None
     account = os.environ.get("TWILIO_ACCOUNT_SID")
     twilio = (account, live.twilio_token) if account and live.twilio_token else None
     scheduler = holder["scheduler"] = build(store_factory, app.client, twilio=twilio,
@@ -90,7 +104,6 @@ def serve(settings: Settings, store_factory: Callable[[], Store], host: str, por
         from slack_bolt.adapter.socket_mode import SocketModeHandler
         log.info("kpibot: connecting to Slack in Socket Mode")
         handler = SocketModeHandler(app, settings.app_token)
-        server = webhook_server(live, store_factory, host, port, wake=worker.wake)
         stop_on_signals(lambda: (scheduler.shutdown(wait=False), server.close(),
                                  handler.close()))
         Background(server).thread.start()
@@ -98,10 +111,6 @@ def serve(settings: Settings, store_factory: Callable[[], Store], host: str, por
                  server.effective_port)
         handler.start()
         return
-    from waitress.server import create_server
-    server = create_server(wsgi_app(settings, store_factory, live=live, wake=worker.wake,
-                                    app=app),
-                           host=host, port=port, threads=8, ident="kpibot")
     stop_on_signals(lambda: (scheduler.shutdown(wait=False), server.close()))
     log.info("kpibot: listening on http://%s:%s%s", host, server.effective_port, PATH)
     try:

@@ -90,11 +90,21 @@ class Webhooks:
     def __init__(self, settings: LiveSettings, store: Callable[[], Store],
                  fallback: Callable | None = None, wake: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.time):
-        self.settings, self.store, self.fallback = settings, store, fallback
+        self.settings, self.fallback = settings, fallback
+        self._store = store
         self.wake = wake or (lambda: None)
         self.clock = clock
         self._validator = None
         self._lock = threading.Lock()
+
+    def store(self) -> Store:
+        """This thread's store, its inbox commits left without checkpoints (the applier
+        thread makes them: ``bot.live``)."""
+        store = self._store()
+        if not getattr(store, "_webhook_ready", False):
+            store.defer_inbox_checkpoints()
+            store._webhook_ready = True
+        return store
 
     def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")

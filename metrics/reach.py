@@ -60,10 +60,13 @@ def refresh_reach(conn: sqlite3.Connection, after_rowid: int | None = None,
     conn.execute("DROP TABLE temp.reach_touched")
 
 
-def _redo_deliveries(conn: sqlite3.Connection) -> None:
+def _redo_deliveries(conn: sqlite3.Connection, few: bool = False) -> None:
     """The deliveries of every (campaign, recipient) pair in temp.reach_touched, again
-    from the messages (each with the time of the pair's delivery before it)."""
-    join = ("temp.reach_touched AS t JOIN messages AS m INDEXED BY messages_reach ON "
+    from the messages (each with the time of the pair's delivery before it). ``few``:
+    the pairs are few next to the messages (live changes), so each is looked up in the
+    reach index (CROSS JOIN fixes that order), rather than the index read through."""
+    op = "CROSS JOIN" if few else "JOIN"
+    join = (f"temp.reach_touched AS t {op} messages AS m INDEXED BY messages_reach ON "
             f"m.campaign_id = t.campaign_id AND m.recipient = t.recipient WHERE {_REACHED_M}")
     conn.execute("DELETE FROM deliveries WHERE (campaign_id, sent_at, message_id) IN "
                  f"(SELECT m.campaign_id, m.sent_at, m.id FROM {join})")
@@ -85,7 +88,7 @@ def refresh_reach_pairs(conn: sqlite3.Connection, changed: str) -> None:
     # the changed messages' own deliveries, wherever they were
     conn.execute(f"DELETE FROM deliveries WHERE (campaign_id, sent_at, message_id) IN "
                  f"(SELECT campaign_id, sent_at, id FROM {changed})")
-    _redo_deliveries(conn)
+    _redo_deliveries(conn, few=True)
     conn.execute("DELETE FROM campaign_recipients WHERE (campaign_id, recipient) IN "
                  "(SELECT campaign_id, recipient FROM temp.reach_touched)")
     conn.execute("INSERT INTO campaign_recipients SELECT t.campaign_id, t.recipient FROM "

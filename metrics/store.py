@@ -13,6 +13,7 @@ import os
 import secrets
 import sqlite3
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
@@ -346,7 +347,25 @@ CREATE TABLE IF NOT EXISTS events (
     body TEXT NOT NULL              -- JSON, see metrics.live.events
 );
 CREATE INDEX IF NOT EXISTS events_received ON events(received_at);
+-- Which inbox this is: the main database's "applied up to N" names it, so that an inbox
+-- deleted and made again (its ids start over) is read from its start.
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT OR IGNORE INTO meta(key, value) VALUES ('inbox_id', lower(hex(randomblob(16))));
 """
+
+
+_INBOX_LOCKS: dict[str, threading.Lock] = {}
+_INBOX_LOCKS_GUARD = threading.Lock()
+
+
+def _inbox_lock(path: Path | None) -> threading.Lock:
+    """The lock this process's writers of the inbox at ``path`` take turns on."""
+    key = str(path.resolve()) if path else ":memory:"
+    with _INBOX_LOCKS_GUARD:
+        return _INBOX_LOCKS.setdefault(key, threading.Lock())
 
 
 def _enter_wal(conn: sqlite3.Connection, timeout_s: float = 30) -> None:
@@ -618,6 +637,7 @@ class Store:
             except sqlite3.Error as exc:
                 raise open_error(path or self.path, exc) from exc
             self._inbox = conn
+            self._inbox_write = _inbox_lock(path)
         return conn
 
     def first_seen(self, key: str, now: int, keep_s: int) -> bool:
@@ -625,12 +645,23 @@ class Store:
         keys older than ``keep_s`` are forgotten on the way."""
         conn = self.inbox
         try:
-            with conn:
+            with self._inbox_write, conn:
                 conn.execute("DELETE FROM seen_requests WHERE seen_at < ?", (now - keep_s,))
                 return conn.execute("INSERT INTO seen_requests(key, seen_at) VALUES (?, ?) "
                                     "ON CONFLICT(key) DO NOTHING", (key, now)).rowcount == 1
         except sqlite3.Error as exc:
             raise (write_error(self.inbox_path(), exc) or exc) from exc
+
+    def defer_inbox_checkpoints(self) -> None:
+        """This connection's commits to the inbox no longer copy the WAL back into the
+        database file (a checkpoint, with an fsync, every thousand pages: 50-80 ms that an
+        acknowledgement waited for); :meth:`checkpoint_inbox` does it instead, from the
+        applier thread of ``kpibot serve``."""
+        self.inbox.execute("PRAGMA wal_autocheckpoint=0")
+
+    def checkpoint_inbox(self) -> None:
+        """Copy the inbox's WAL back into its file, without waiting for anyone (PASSIVE)."""
+        self.inbox.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
 
     def inbox_put(self, events: list[tuple[str, str, str]], now: int) -> int:
         """Write events (key, source, JSON body) to the inbox in one transaction, committed
@@ -638,7 +669,10 @@ class Store:
         repeat) is left alone. Returns how many were new."""
         conn = self.inbox
         try:
-            with conn:
+            # one writer at a time within this process, queued on a lock: SQLite's own
+            # wait for a busy database sleeps in steps of up to 100 ms, which made the
+            # slowest acknowledgements wait for nothing (bench/bench_webhooks.py)
+            with self._inbox_write, conn:
                 before = conn.total_changes
                 conn.executemany(
                     "INSERT INTO events(key, received_at, source, body) VALUES (?, ?, ?, ?) "
@@ -661,9 +695,25 @@ class Store:
         """Drop applied events received before ``before``: their keys are no longer needed
         to recognise repeats."""
         conn = self.inbox
-        with conn:
+        with self._inbox_write, conn:
             return conn.execute("DELETE FROM events WHERE id <= ? AND received_at < ?",
                                 (applied_upto, before)).rowcount
+
+    # -- how far the inbox has been applied (written by metrics.live.apply only) ----------
+    LIVE_APPLIED = "live_applied_upto"
+
+    def inbox_id(self) -> str:
+        return self.inbox.execute("SELECT value FROM meta WHERE key = 'inbox_id'").fetchone()[0]
+
+    def live_applied(self, conn: sqlite3.Connection | None = None) -> int:
+        """The id of the last inbox event applied to this database (0: none of this inbox)."""
+        value = (conn or self.conn).execute("SELECT value FROM settings WHERE key = ?",
+                                            (self.LIVE_APPLIED,)).fetchone()
+        inbox, _, upto = (value[0] if value else "").rpartition(":")
+        return int(upto) if inbox == self.inbox_id() and upto.isdigit() else 0
+
+    def set_live_applied(self, conn: sqlite3.Connection, upto: int) -> None:
+        self.set_setting(self.LIVE_APPLIED, f"{self.inbox_id()}:{upto}", conn)
 
     def health(self) -> dict:
         """Raises unless the main database can be read and the inbox (where an
@@ -673,8 +723,8 @@ class Store:
         inbox = self.inbox
         inbox.execute("BEGIN IMMEDIATE")
         inbox.rollback()
-        upto = int(self.get_setting("live_applied_upto", "0"))
-        pending = inbox.execute("SELECT COUNT(*) FROM events WHERE id > ?", (upto,)).fetchone()[0]
+        pending = inbox.execute("SELECT COUNT(*) FROM events WHERE id > ?",
+                                (self.live_applied(),)).fetchone()[0]
         return {"pending_events": pending}
 
     def timezone(self) -> str:

@@ -923,3 +923,79 @@ def test_with_nobody_importing_kpi_and_the_opt_out_alert_follow_the_campaign(tmp
         finally:
             proc.terminate()
             proc.wait(10)
+
+
+def test_an_event_that_cannot_be_applied_is_held_and_the_rest_go_on(manual, monkeypatch):
+    """A bug or a refused total in one event must not stop every event behind it."""
+    for i in range(5):
+        twilio_post(manual, "/twilio/messages/status?campaign=spring",
+                    status_form(f"SM{i}", "delivered", to=phone(i)))
+    from metrics.live import apply as A
+    real = A._Batch._status
+
+    def poisoned(self, at, b):
+        if b["sid"] == "SM2":
+            raise ZeroDivisionError("a bug")
+        return real(self, at, b)
+    monkeypatch.setattr(A._Batch, "_status", poisoned)
+    s = Store(manual.db)
+    applier = Applier(s)
+    while applier.run_once().events:
+        pass
+    assert sorted(messages(manual.db)) == ["SM0", "SM1", "SM3", "SM4"]
+    (held,) = held_summary(s)
+    assert "could not be applied" in held["reason"] or "unreadable event" in held["reason"]
+    monkeypatch.setattr(A._Batch, "_status", real)
+    assert applier.retry_held(force=True).released == 1
+    assert len(messages(manual.db)) == 5
+    assert_rollups_exact(s)
+    s.close()
+
+
+def test_a_new_inbox_is_read_from_its_start(manual):
+    """The inbox database deleted (or restored from another day): the main database's
+    "applied up to N" names the inbox it counted, so new events are not skipped."""
+    for i in range(3):
+        twilio_post(manual, "/twilio/messages/status?campaign=spring",
+                    status_form(f"SM{i}", "delivered", to=phone(i)))
+    s = Store(manual.db)
+    Applier(s).run_once()
+    s.close()
+    manual.__exit__(None, None, None)
+    for suffix in ("", "-wal", "-shm"):
+        p = Path(str(manual.db).replace(".db", ".inbox.db") + suffix)
+        if p.exists():
+            p.unlink()
+    s = Store(manual.db)
+    s.inbox_put(E.twilio_message_status(status_form("SM9", "sent", to=phone(9)), "spring"),
+                int(time.time()))
+    assert Applier(s).pending() == 1
+    Applier(s).run_once()
+    assert "SM9" in messages(manual.db)
+    s.close()
+
+
+def test_extra_ingest_fields_are_attributes_to_break_down_by(app):
+    rows = [_row(i, store_region=["north", "south"][i % 2]) for i in range(10)]
+    assert ingest(app, rows)[0] == 202
+    app.settle()
+    from bot.command import Context, run
+    s = Store(app.db)
+    reply = run('"feed" by store_region', Context(s))
+    assert reply.ok, reply.text
+    assert {b["store_region"] for b in reply.data["breakdown"]} == {"north", "south"}
+    s.close()
+
+
+def test_a_twilio_export_takes_its_campaigns_from_the_sources_file(store, write, tmp_path,
+                                                                   monkeypatch):
+    csv = write("tw.csv", "Sid,From,To,Body,Status,SentDate,Direction\n"
+                f"SM1,{OUR},{phone(1)},hi,delivered,2026-12-01T09:00:00Z,outbound-api\n")
+    sources = tmp_path / "sources.toml"
+    monkeypatch.setenv("KPIBOT_SOURCES", str(sources))
+    sources.write_text("[campaign_by_sender\n")
+    from metrics.errors import ImportRejected
+    with pytest.raises(ImportRejected, match="could not be read: sources.toml is not valid TOML"):
+        import_file(store, csv)
+    sources.write_text(f'[campaign_by_sender]\n"{OUR}" = "from-sources"\n')
+    assert import_file(store, csv).campaigns == ["from-sources"]

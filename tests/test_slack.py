@@ -359,12 +359,31 @@ def test_kpibot_serve_in_socket_mode(tmp_path, write):
         port = wss.socket.getsockname()[1]
         with FakeSlack(socket_url=f"ws://127.0.0.1:{port}/link") as fake:
             env = {**os.environ, "SLACK_BOT_TOKEN": TOKEN, "SLACK_APP_TOKEN": "xapp-1-test",
-                   "SLACK_API_URL": fake.api_url, "KPIBOT_DB": str(db)}
+                   "SLACK_API_URL": fake.api_url, "KPIBOT_DB": str(db),
+                   "TWILIO_AUTH_TOKEN": "tw-token", "KPIBOT_PUBLIC_URL": "https://bot.example"}
             env.pop("SLACK_SIGNING_SECRET", None)
-            proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve"], cwd=ROOT,
+            import socket
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                http_port = sock.getsockname()[1]
+            proc = subprocess.Popen([sys.executable, "-m", "bot.cli", "serve", "--host",
+                                     "127.0.0.1", "--port", str(http_port)], cwd=ROOT,
                                     env=env, stderr=subprocess.PIPE, text=True)
             try:
                 (resp,) = fake.wait_for("response", timeout=30)
+                # the live-data paths still listen on --port, Slack's does not
+                from twilio.request_validator import RequestValidator
+                form = {"MessageSid": "SM1", "MessageStatus": "delivered", "From": "+14155550100",
+                        "To": "+14155550123"}
+                path = "/twilio/messages/status?campaign=kat"
+                sig = RequestValidator("tw-token").compute_signature("https://bot.example" + path,
+                                                                     form)
+                base = f"http://127.0.0.1:{http_port}"
+                status, _ = post(base + path, form, headers={"X-Twilio-Signature": sig})
+                assert status == 200
+                assert post(base + "/slack/events", slash(fake, "kat"))[0] == 404
+                with urllib.request.urlopen(base + "/healthz", timeout=10) as r:
+                    assert r.status == 200
                 assert "Delivery rate" in resp.params["text"]
                 assert fake.of("apps.connections.open")[0].headers["Authorization"] == \
                     "Bearer xapp-1-test"

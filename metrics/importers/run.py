@@ -108,7 +108,14 @@ def import_file(
                                               or mapping.attributes or mapping.format != "events"
                                               or mapping.delimiter)) else None
     src = CsvSource(path, delimiter=mapping.delimiter if mapping else None)
-    fmt = _format_of(src, format, campaign, mapping, column_mapping)
+    # senders -> campaigns: the mapping file's, else the sources file's (KPIBOT_SOURCES)
+    senders = dict(mapping.senders) if mapping and mapping.senders else {}
+    sources_error = None
+    if not senders and not campaign:
+        from ..sources import SourcesFile
+        sources = SourcesFile()
+        senders, sources_error = dict(sources.get().senders), sources.error
+    fmt = _format_of(src, format, campaign, mapping, column_mapping, senders, sources_error)
     tz_name = store.timezone()
     zone(tz_name)   # an unknown zone is an error before anything starts
     result = ImportResult(file=src.name, format=fmt.name if column_mapping is None else
@@ -141,7 +148,7 @@ def import_file(
                 region=default_region or os.environ.get("KPIBOT_REGION", "US"),
                 import_id=import_id, campaigns=store.campaign_channels(conn),
                 next_campaign_id=next_id, skip_bad_rows=skip_bad_rows,
-                senders=dict(mapping.senders) if mapping else {})
+                senders=senders)
             max_before = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
             bulk.suspend_indexes(conn, table, src.estimated_rows(), max_before,
                                  min_rows=SUSPEND_INDEX_ROWS)
@@ -255,7 +262,8 @@ def _import_bulk(store: Store, path: str | os.PathLike, *, skip_bad_rows: bool,
 
 
 def _format_of(src: CsvSource, format: str | None, campaign: str | None,
-               mapping: Mapping | None, column_mapping: Mapping | None) -> Format:
+               mapping: Mapping | None, column_mapping: Mapping | None,
+               senders: dict[str, str], sources_error: str | None = None) -> Format:
     """The file's format: the mapping's, the one named, or the one its header shows."""
     if column_mapping is not None:
         fmt_name = column_mapping.format
@@ -267,11 +275,13 @@ def _format_of(src: CsvSource, format: str | None, campaign: str | None,
             + "). Name it with --format (" + ", ".join(FORMATS)
             + ") or describe the columns in a --map file.", file=src.name)
     fmt = FORMATS[fmt_name]
-    if fmt.twilio and not campaign and not (mapping and mapping.senders):
+    if fmt.twilio and not campaign and not senders:
         raise ImportRejected(
             "a Twilio export does not say which campaign its rows belong to: pass "
-            "--campaign NAME, or map sender numbers to campaigns in a --map file's "
-            "[campaign_by_sender] table", file=src.name)
+            "--campaign NAME, or map sender numbers to campaigns in the [campaign_by_sender] "
+            "table of a --map file or of the KPIBOT_SOURCES file"
+            + (f" (which could not be read: {sources_error})" if sources_error else ""),
+            file=src.name)
     return fmt
 
 

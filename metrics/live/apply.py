@@ -2,7 +2,7 @@
 
 One applier runs per store (a thread of ``kpibot serve``). Each batch:
 
-- reads events after the last one applied (``live_applied_upto`` in ``settings``, written
+- reads events after the last one applied (``Store.live_applied``, in ``settings``, written
   in the same transaction as the changes, so a crash before the commit applies the batch
   again from scratch, and one after it never applies it twice);
 - builds every new row with the importer's own builders (the ``twilio-messages`` and
@@ -27,6 +27,7 @@ import sqlite3
 import time
 from typing import Any
 
+from ..errors import StoreError
 from ..importers.binding import Context
 from ..importers.fields import CALL_COLUMNS, FORMATS, MESSAGE_COLUMNS, NULL
 from ..importers.formats import bind
@@ -40,7 +41,6 @@ from ..sources import Sources, SourcesFile
 from ..store import Store
 from ..times import zone
 
-APPLIED_SETTING = "live_applied_upto"
 BATCH = 2_000
 KEEP_KEYS_S = 3 * 86_400       # repeats are recognised for this long after an event
 
@@ -196,7 +196,7 @@ class _Batch:
     def _build(self, fmt: str, header: list[str], fields: list[list[str]],
                campaign: str | None) -> list[dict]:
         """Rows through the importer's builder of ``fmt``; a bad value holds the event."""
-        plan = self._plans.get((fmt, tuple(header), campaign))
+        plan, _ = self._plans.get((fmt, tuple(header), campaign)) or (None, None)
         if plan is None:
             ctx = Context(tz=self.tz, phones=self.phones, campaign_id=self._campaign_id,
                           import_id=0, campaign=campaign)
@@ -204,7 +204,7 @@ class _Batch:
                 plan = bind(FORMATS[fmt], header, ctx)
             except ValueError as exc:
                 raise Held(str(exc)) from None
-            self._plans[(fmt, tuple(header), campaign)] = plan
+            self._plans[(fmt, tuple(header), campaign)] = plan, ctx
         columns, errors = build_batch(plan.build, list(enumerate(fields, 1)))
         if errors:
             e = errors[0]
@@ -473,6 +473,11 @@ class _Batch:
 
     def write(self) -> set[int]:
         """Write what the batch changed; returns the campaigns touched."""
+        for plan, ctx in self._plans.values():    # extra /ingest fields, for `by <attribute>`
+            if ctx.attributes:
+                self.conn.executemany(
+                    "INSERT OR IGNORE INTO attribute_names(campaign_id, kind, name) "
+                    "VALUES (?, ?, ?)", [(cid, plan.kind, name) for cid, name in ctx.attributes])
         touched = self.messages.write() | self.calls.write()
         if self.replies:
             self._credit_replies()
@@ -501,7 +506,7 @@ class Applier:
         return self._phones
 
     def applied_upto(self) -> int:
-        return int(self.store.get_setting(APPLIED_SETTING, "0"))
+        return self.store.live_applied()
 
     def pending(self) -> int:
         """Events acknowledged and not yet applied."""
@@ -510,7 +515,44 @@ class Applier:
                                         (upto,)).fetchone()[0]
 
     def run_once(self, limit: int = BATCH, now: int | None = None) -> Applied:
-        """Apply up to ``limit`` events in one transaction."""
+        """Apply up to ``limit`` events in one transaction. A batch that fails for any
+        reason but a busy or full database is tried again from its first event alone, and
+        an event that fails alone is held with the reason: one bad event never stops the
+        ones behind it."""
+        try:
+            return self._run(limit, now)
+        except Exception as exc:
+            if _retry_later(exc):
+                raise
+            failure = exc
+        if limit > 1:
+            try:
+                return self._run(1, now)
+            except Exception as exc:
+                if _retry_later(exc):
+                    raise
+                failure = exc
+        return self._hold_first(failure)
+
+    def _hold_first(self, failure: Exception) -> Applied:
+        store = self.store
+        done = Applied(upto=self.applied_upto())
+        with store.transaction() as conn:
+            upto = store.live_applied(conn)
+            first = store.inbox_after(upto, 1)
+            if first:
+                event_id, at, source, body = first[0]
+                reason = f"could not be applied: {' '.join(str(failure).split())[:300]}"
+                conn.execute(
+                    "INSERT INTO live_unassigned(event_id, received_at, source, what, sender, "
+                    "reason, body) VALUES (?, ?, ?, ?, NULL, ?, ?) ON CONFLICT(event_id) DO "
+                    "UPDATE SET reason = excluded.reason", (event_id, at, source, _what(body),
+                                                           reason, body))
+                store.set_live_applied(conn, event_id)
+                done.upto, done.events, done.held = event_id, 1, 1
+        return done
+
+    def _run(self, limit: int, now: int | None) -> Applied:
         store = self.store
         done = Applied(upto=self.applied_upto())
         events = store.inbox_after(done.upto, limit)
@@ -519,7 +561,7 @@ class Applier:
         phones, sources = self._phones_now(), self.sources.get()
         tz = zone(store.timezone())
         with store.transaction() as conn:
-            upto = int(store.get_setting(APPLIED_SETTING, "0"))   # under the write lock
+            upto = store.live_applied(conn)                  # again, under the write lock
             events = [e for e in events if e[0] > upto]
             if not events:
                 return done
@@ -529,7 +571,7 @@ class Applier:
                 self._one(batch, conn, event_id, at, source, body, done)
             done.campaigns |= batch.write()
             done.upto = events[-1][0]
-            store.set_setting(APPLIED_SETTING, str(done.upto), conn)
+            store.set_live_applied(conn, done.upto)
         done.events = len(events)
         if now is not None or done.events:
             store.inbox_forget(done.upto, (now or int(time.time())) - KEEP_KEYS_S)
@@ -578,6 +620,30 @@ class Applier:
                                   (limit,)).fetchall()
         if not held:
             return done
+        try:
+            self._apply_held(held, done)
+        except Exception as exc:
+            if _retry_later(exc):
+                raise
+            # one of them fails in a way that is not a reason to hold it (a bug, a total
+            # too large): each on its own, and the one that fails keeps the reason
+            done = Applied(upto=done.upto)
+            for event in held:
+                try:
+                    self._apply_held([event], done)
+                except Exception as exc:
+                    if _retry_later(exc):
+                        raise
+                    with store.transaction() as conn:
+                        conn.execute("UPDATE live_unassigned SET reason = ? WHERE event_id = ?",
+                                     (f"could not be applied: {' '.join(str(exc).split())[:300]}",
+                                      event[0]))
+                    done.held += 1
+        done.released = len(held) - done.held
+        return done
+
+    def _apply_held(self, held: list[tuple], done: Applied) -> None:
+        store = self.store
         phones, sources = self._phones_now(), self.sources.get()
         tz = zone(store.timezone())
         with store.transaction() as conn:
@@ -586,8 +652,18 @@ class Applier:
             for event_id, at, source, body in held:
                 self._one(batch, conn, event_id, at, source, body, done)
             done.campaigns |= batch.write()
-        done.released = len(held) - done.held
-        return done
+
+
+def _retry_later(exc: Exception) -> bool:
+    """A failure of the database, not of the events: a busy database (an import), a full
+    disk, a read-only file. The same batch is tried again later."""
+    if isinstance(exc, StoreError):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL,
+                        sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY) or "locked" in str(exc)
+    return isinstance(exc, (KeyboardInterrupt, MemoryError))
 
 
 def _what(body: str) -> str:

@@ -282,7 +282,8 @@ def ingest_events(rows: list, tz_name: str, region: str = "US") -> list[Event]:
                       ensure_ascii=False, separators=(",", ":"))
     digest = hashlib.sha256(body.encode()).hexdigest()
     out = []
-    for kind, (h, r) in sorted(tables.items()):
+    order = {"message": 0, "call": 1, "click": 2}     # a click after the message it is on
+    for kind, (h, r) in sorted(tables.items(), key=lambda kv: order[kv[0]]):
         if kind == "click":      # each click on its own: one whose message is not stored
             out.extend((f"ingest:{digest}:click:{n}", "ingest", _dump(c))   # yet waits alone
                        for n, c in enumerate(click_bodies(h, r), 1))
