@@ -207,7 +207,8 @@ def campaign_list(rows: list[dict]) -> str:
 
 
 _PLURAL = {"message status": "message statuses", "reply": "replies", "call": "calls",
-           "click": "clicks", "event": "events", "synced record": "synced records"}
+           "click": "clicks", "event": "events", "synced record": "synced records",
+           "unreadable event": "unreadable events"}
 
 
 def unassigned_list(held: list[dict]) -> str:

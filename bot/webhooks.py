@@ -199,8 +199,9 @@ class Webhooks:
             if is_json:
                 try:
                     payload = json.loads(text)
-                except json.JSONDecodeError as exc:
-                    raise _json("400 Bad Request", error=f"not JSON: {exc.msg}") from None
+                except (ValueError, RecursionError) as exc:   # too deep, too many digits
+                    raise _json("400 Bad Request",
+                                error=f"not JSON: {getattr(exc, 'msg', str(exc))[:200]}") from None
                 events, ignored = E.cloud_events(payload, campaign)
             elif path == "/twilio/messages/status":
                 events = E.twilio_message_status(form.first(), campaign)

@@ -999,3 +999,64 @@ def test_a_twilio_export_takes_its_campaigns_from_the_sources_file(store, write,
         import_file(store, csv)
     sources.write_text(f'[campaign_by_sender]\n"{OUR}" = "from-sources"\n')
     assert import_file(store, csv).campaigns == ["from-sources"]
+
+
+def test_replies_find_their_message_whatever_the_order_and_follow_it(manual):
+    """As an import credits them: a reply stored before the message it answers (the
+    message came later, by a sync), and a message moved to another campaign with its
+    reply; a later copy of the message on /ingest keeps what the reply earned."""
+    now = int(time.time())
+    s = Store(manual.db)
+    a = Applier(s)
+    twilio_post(manual, "/twilio/messages/inbound?campaign=a", inbound_form("IN1", phone(1), "thanks"))
+    a.run_once()
+    rec = {"t": "record", "kind": "message", "sid": "SM1", "status": "delivered",
+           "sent": dt_since(now - 600).isoformat(), "from": OUR, "to": phone(1), "body": "",
+           "segments": "1", "error": "", "price": "", "price_unit": "",
+           "direction": "outbound-api", "service": "", "campaign": "a"}
+    s.inbox_put([("rec1", "twilio-sync", json.dumps(rec))], now)
+    a.run_once()
+    row = s.conn.execute("SELECT replied, id FROM messages WHERE message_key = 'SM1'").fetchone()
+    assert row[0] == 1
+    assert s.conn.execute("SELECT reply_to FROM messages WHERE message_key = 'IN1'"
+                          ).fetchone() == (row[1],)
+    twilio_post(manual, "/twilio/messages/status?campaign=b", status_form("SM1", "read"))
+    a.run_once()
+    assert messages(manual.db)["IN1"][1] == "b"
+    status, _ = ingest(manual, [{"kind": "message", "campaign": "b", "message_id": "SM1",
+                                 "sent_at": dt_since(now - 600).isoformat(),
+                                 "recipient": phone(1), "status": "delivered", "replied": 0}])
+    assert status == 202
+    a.run_once()
+    assert s.conn.execute("SELECT replied FROM messages WHERE message_key = 'SM1'"
+                          ).fetchone() == (1,)
+    assert_rollups_exact(s)
+    s.close()
+
+
+def test_odd_but_signed_payloads_get_4xx_or_are_kept_never_500(manual):
+    deep = "[" * 100_000
+    for body in (deep, '[{"n": ' + "9" * 5000 + "}]", '[{"kind": "message", "x": "\\ud800"}]'):
+        status, _ = request(manual.base + "/ingest", body.encode(),
+                            {"Authorization": f"Bearer {INGEST}"})
+        assert status in (400, 422), body[:30]
+    good = _ce("EZ1", "com.twilio.messaging.message.delivered",
+               {"messageSid": "SM1", "to": phone(1), "from": OUR})
+    odd = [{"type": "com.twilio.voice.x", "data": None}, "not an object",
+           _ce("EZ2", "com.twilio.messaging.inbound-message.received",
+               {"messageSid": "SM2", "from": phone(2), "to": OUR, "body": "hi \ud800"}),
+           good]
+    body = json.dumps(odd)          # a lone surrogate, escaped as JSON allows
+    v = RequestValidator(TOKEN)
+    q = "bodySHA256=" + v.compute_hash(body)
+    sig = v.compute_signature(PUBLIC + "/twilio/events?" + q, {})
+    status, _ = request(manual.base + "/twilio/events?" + q, body.encode(),
+                        {"X-Twilio-Signature": sig})
+    assert status == 200
+    s = Store(manual.db)
+    Applier(s).run_once()
+    held = {h["what"]: h["reason"] for h in held_summary(s)}
+    assert set(held) == {"message status", "unreadable event"}     # kept, both, not lost
+    assert "not valid Unicode" in held["unreadable event"]
+    assert inbox_count(manual.db) == 2
+    s.close()

@@ -72,7 +72,7 @@ def to_csv(path: str | os.PathLike, skip_bad_rows: bool = False
                     continue
                 try:
                     rec = json.loads(line)
-                except json.JSONDecodeError:
+                except (ValueError, RecursionError):    # incl. too deep, too many digits
                     rec = None
                 if not isinstance(rec, dict):
                     bad.append(RowError(n, None, "not a JSON object"))
@@ -82,7 +82,11 @@ def to_csv(path: str | os.PathLike, skip_bad_rows: bool = False
                                       .startswith("CA")) else "message"
                     writer.writerow(MESSAGE_HEADER if kind == "message" else CALL_HEADER)
                 fields = _MESSAGE_FIELDS if kind == "message" else _CALL_FIELDS
-                values = [_cell(rec.get(f)) for f in fields]
+                try:
+                    values = [_cell(rec.get(f)) for f in fields]
+                except (ValueError, RecursionError):   # a number too long to print
+                    bad.append(RowError(n, None, "a value cannot be read"))
+                    continue
                 if kind == "message" and not values[5]:      # not sent (yet): its creation
                     values[5] = _cell(rec.get("date_created"))
                 writer.writerow(values)

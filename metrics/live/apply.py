@@ -57,6 +57,9 @@ _TW_MESSAGE = ["Sid", "SentDate", "Status", "ErrorCode", "Direction", "Body", "F
 _TW_CALL = ["sid", "start_time", "status", "direction", "duration", "answered_by", "from",
             "to"]
 _KEYWORD_OF_OPT_OUT_TYPE = {"STOP": "opt_out", "START": "opt_in", "HELP": "help"}
+# flags a message earns from other events (a reply, a STOP, a click): a later copy of the
+# message itself does not take them away
+_EARNED = ("replied", "opted_out", "clicked")
 
 
 @dataclasses.dataclass
@@ -188,6 +191,7 @@ class _Batch:
         self.calls = _Table(conn, "call")
         self._plans: dict[tuple, Any] = {}
         self.replies: list[str] = []        # inbound keys to credit to what they answer
+        self.attributes: set[tuple[int, str, str]] = set()   # (campaign, kind, name)
 
     # -- building rows with the importer's builders ------------------------------------
     def _campaign_id(self, name: str, channel: str) -> int:
@@ -235,6 +239,8 @@ class _Batch:
             self._rows(body)
         elif t == "record":
             (self._message_record if body["kind"] == "message" else self._call_record)(body)
+        elif t == "unreadable":
+            raise Held(f"an unreadable CloudEvent ({body.get('reason')})")
         else:
             raise Held(f"unknown event type {t!r}")
 
@@ -268,8 +274,9 @@ class _Batch:
             row["campaign_id"] = cid
         if MESSAGE_RANK.get(status, -1) > MESSAGE_RANK.get(row["status"], -1):
             row["status"] = status
-            if b.get("error"):
-                row["error_code"] = b["error"][:40]
+            # the error of the status it moved to (a delivery receipt after an
+            # 'undelivered' leaves no error behind)
+            row["error_code"] = b["error"][:40] if b.get("error") else None
         elif status == row["status"] and b.get("error") and not row["error_code"]:
             row["error_code"] = b["error"][:40]
 
@@ -315,11 +322,15 @@ class _Batch:
                 best_at, cid = o["sent_at"], o["campaign_id"]
         return cid
 
-    def _new_call_campaign(self, b: dict, no_campaign: str) -> str:
-        """The campaign of a call not stored yet: the event's, else our number's."""
+    def _new_call_campaign(self, b: dict, no_campaign: str, named_first: bool = True) -> str:
+        """The campaign of a call not stored yet: the one the URL named, else our number's
+        (a sync's --campaign comes after our number's: ``named_first`` False)."""
         ours = b.get("to") if b.get("direction", "").lower().startswith("inbound") \
             else b.get("from")
-        name = b.get("campaign") or self.sources.campaign_for(ours)
+        if named_first:
+            name = b.get("campaign") or self.sources.campaign_for(ours)
+        else:
+            name = self.sources.campaign_for(ours) or b.get("campaign")
         if not name:
             raise Held(f"no campaign: {no_campaign}, no call with this SID is stored, and "
                        "the caller ID is not in [campaign_by_sender]", sender=ours)
@@ -372,8 +383,8 @@ class _Batch:
         header = _TW_MESSAGE + ["Price", "PriceUnit"]
         row = self.messages.get(b["sid"])
         if row is None:
-            name = b.get("campaign") or self.sources.campaign_for(
-                b.get("from") if outbound else b.get("to"), b.get("service"))
+            name = self.sources.campaign_for(b.get("from") if outbound else b.get("to"),
+                                             b.get("service")) or b.get("campaign")
             if not name and not outbound:
                 try:
                     phone = self.phones(b.get("from", ""))
@@ -409,7 +420,8 @@ class _Batch:
         header = _TW_CALL + ["price", "price_unit"]
         row = self.calls.get(b["sid"])
         if row is None:
-            name = self._new_call_campaign(b, "`kpibot sync` had no --campaign")
+            name = self._new_call_campaign(b, "`kpibot sync` had no --campaign",
+                                           named_first=False)
             self.calls.put_new(self._build("twilio-calls", header, [fields], name)[0])
             return
         got = self._build("twilio-calls", header, [fields],
@@ -443,13 +455,32 @@ class _Batch:
                     self.replies.append(row[table.key])
                 continue
             status = stored["status"]
+            kept = {f: stored.get(f) or 0 for f in _EARNED if f in stored}
             for c, v in row.items():       # the later copy wins ...
                 if c not in ("id", "reply_to"):
                     stored[c] = v
             if rank.get(status, -1) > rank.get(stored["status"], -1):
-                stored["status"] = status  # ... but a status only moves forward
+                stored["status"] = status  # ... but a status only moves forward,
+            for f, v in kept.items():      # and what replies and clicks earned stays
+                stored[f] = max(stored[f] or 0, v)
 
     # -- replies -----------------------------------------------------------------------
+    def _open_replies_to_new_messages(self, fresh: list[str]) -> None:
+        """Replies stored before the message they answer (a sync or an import brought the
+        message later): those from the recipients of this batch's new outbound messages,
+        after them and within the window, are credited now."""
+        for key in fresh:
+            o = self.messages.rows[key]
+            if o["direction"] != "outbound" or o["recipient"] is None:
+                continue
+            for (reply_key,) in self.conn.execute(
+                    "SELECT message_key FROM messages INDEXED BY messages_unattributed "
+                    "WHERE direction = 'inbound' AND reply_to IS NULL AND sent_at >= ? "
+                    "AND sent_at <= ? AND recipient = ?",
+                    (o["sent_at"], o["sent_at"] + self.window_s, o["recipient"])).fetchall():
+                if self.messages.get(reply_key) is not None and reply_key not in self.replies:
+                    self.replies.append(reply_key)
+
     def _credit_replies(self) -> None:
         """Each new inbound message to the latest outbound message to the same number
         within the window before it, as ``replies.attribute_replies`` does for imports:
@@ -471,18 +502,37 @@ class _Batch:
             elif reply["keyword"] is None:
                 out["replied"] = max(out["replied"] or 0, 1)
 
+    def _replies_follow_their_message(self, moved: list[dict]) -> None:
+        """A message moved to another campaign takes its replies along (as imports do)."""
+        for out in moved:
+            for (reply_key,) in self.conn.execute(
+                    "SELECT message_key FROM messages WHERE reply_to = ?", (out["id"],)
+                    ).fetchall():
+                reply = self.messages.get(reply_key)
+                if reply is not None:
+                    reply["campaign_id"] = out["campaign_id"]
+
     def write(self) -> set[int]:
         """Write what the batch changed; returns the campaigns touched."""
-        for plan, ctx in self._plans.values():    # extra /ingest fields, for `by <attribute>`
-            if ctx.attributes:
-                self.conn.executemany(
-                    "INSERT OR IGNORE INTO attribute_names(campaign_id, kind, name) "
-                    "VALUES (?, ?, ?)", [(cid, plan.kind, name) for cid, name in ctx.attributes])
+        for cid, kind, name in self.attributes:   # extra /ingest fields, for `by <attribute>`
+            self.conn.execute("INSERT OR IGNORE INTO attribute_names(campaign_id, kind, name) "
+                              "VALUES (?, ?, ?)", (cid, kind, name))
+        moved = [r for k, r in self.messages.rows.items() if k in self.messages.old
+                 and r["direction"] == "outbound"
+                 and r["campaign_id"] != self.messages.old[k]["campaign_id"]]
+        fresh = list(self.messages.new)
         touched = self.messages.write() | self.calls.write()
-        if self.replies:
+        self._open_replies_to_new_messages(fresh)
+        self._replies_follow_their_message(moved)
+        if self.replies or moved:
             self._credit_replies()
             touched |= self.messages.write()
         return touched
+
+    def keep_attributes(self) -> None:
+        """The attributes the plans met so far belong to events that applied."""
+        for plan, ctx in self._plans.values():
+            self.attributes.update((cid, plan.kind, name) for cid, name in ctx.attributes)
 
 
 class Applier:
@@ -524,15 +574,22 @@ class Applier:
         except Exception as exc:
             if _retry_later(exc):
                 raise
-            failure = exc
-        if limit > 1:
+        # the same events one at a time, each in its own transaction
+        total = Applied(upto=self.applied_upto())
+        for _ in range(limit):
             try:
-                return self._run(1, now)
+                done = self._run(1, now)
             except Exception as exc:
                 if _retry_later(exc):
                     raise
-                failure = exc
-        return self._hold_first(failure)
+                done = self._hold_first(exc)
+            if not done.events:
+                break
+            total.events += done.events
+            total.held += done.held
+            total.campaigns |= done.campaigns
+            total.upto = done.upto
+        return total
 
     def _hold_first(self, failure: Exception) -> Applied:
         store = self.store
@@ -599,11 +656,12 @@ class Applier:
                 (event_id, at, source, what, sender, reason[:500], body))
             done.held += 1
         else:
+            batch.keep_attributes()
             conn.execute("DELETE FROM live_unassigned WHERE event_id = ?", (event_id,))
         finally:
             conn.execute("RELEASE live_event")
 
-    def retry_held(self, force: bool = False, limit: int = 10_000) -> Applied:
+    def retry_held(self, force: bool = False, limit: int = BATCH) -> Applied:
         """Try the held events again: when the sources file or the stored messages changed
         since the last try (or ``force``). Those that apply now leave the list."""
         store = self.store
@@ -615,31 +673,35 @@ class Applier:
         if not force and stamp == self._held_stamp:
             return done
         self._held_stamp = stamp
-        held = store.conn.execute("SELECT event_id, received_at, source, body FROM "
-                                  "live_unassigned ORDER BY event_id LIMIT ?",
-                                  (limit,)).fetchall()
-        if not held:
-            return done
-        try:
-            self._apply_held(held, done)
-        except Exception as exc:
-            if _retry_later(exc):
-                raise
-            # one of them fails in a way that is not a reason to hold it (a bug, a total
-            # too large): each on its own, and the one that fails keeps the reason
-            done = Applied(upto=done.upto)
-            for event in held:
-                try:
-                    self._apply_held([event], done)
-                except Exception as exc:
-                    if _retry_later(exc):
-                        raise
-                    with store.transaction() as conn:
-                        conn.execute("UPDATE live_unassigned SET reason = ? WHERE event_id = ?",
-                                     (f"could not be applied: {' '.join(str(exc).split())[:300]}",
-                                      event[0]))
-                    done.held += 1
-        done.released = len(held) - done.held
+        after, tried = 0, 0
+        while True:        # every held event, a page (one transaction) at a time
+            held = store.conn.execute("SELECT event_id, received_at, source, body FROM "
+                                      "live_unassigned WHERE event_id > ? ORDER BY event_id "
+                                      "LIMIT ?", (after, limit)).fetchall()
+            if not held:
+                break
+            after, tried = held[-1][0], tried + len(held)
+            try:
+                self._apply_held(held, done)
+            except Exception as exc:
+                if _retry_later(exc):
+                    raise
+                # one of them fails in a way that is not a reason to hold it (a bug, a
+                # total too large): each on its own, and the one that fails keeps the reason
+                for event in held:
+                    try:
+                        self._apply_held([event], done)
+                    except Exception as exc:
+                        if _retry_later(exc):
+                            raise
+                        with store.transaction() as conn:
+                            conn.execute(
+                                "UPDATE live_unassigned SET reason = ? WHERE event_id = ?",
+                                (f"could not be applied: {' '.join(str(exc).split())[:300]}",
+                                 event[0]))
+        done.held = store.conn.execute("SELECT COUNT(*) FROM live_unassigned "
+                                       "WHERE event_id <= ?", (after,)).fetchone()[0]
+        done.released = tried - done.held
         return done
 
     def _apply_held(self, held: list[tuple], done: Applied) -> None:
@@ -672,7 +734,8 @@ def _what(body: str) -> str:
     except (ValueError, AttributeError):
         return "event"
     return {"status": "message status", "inbound": "reply", "call": "call",
-            "click": "click", "rows": "ingest rows", "record": "synced record"}.get(t, "event")
+            "click": "click", "rows": "ingest rows", "record": "synced record",
+            "unreadable": "unreadable event"}.get(t, "event")
 
 
 def _settle_rollups(conn) -> None:

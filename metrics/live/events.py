@@ -69,11 +69,18 @@ def _text(value: Any, limit: int = MAX_TEXT) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float, str)):
-        s = str(value)
+        try:
+            s = str(value)
+        except ValueError:           # an integer of more digits than Python will print
+            raise BadRequest("a number is too long") from None
     else:
         raise BadRequest("a value is not text, a number or true/false")
     if len(s) > limit:
         raise BadRequest(f"a value is longer than {limit:,} characters")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:       # a lone surrogate ("\ud800") from JSON
+        raise BadRequest("a value is not valid Unicode text") from None
     return s
 
 
@@ -125,7 +132,7 @@ def twilio_call_status(form: dict[str, str], campaign: str | None = None,
     status = _text(form.get("CallStatus"), 40).strip().lower()
     if not status:
         raise BadRequest("CallStatus is missing")
-    duration = _text(form.get("CallDuration") or form.get("Duration"), 20).strip()
+    duration = _text(form.get("CallDuration"), 20).strip()   # seconds ('Duration' is minutes)
     at = received_at
     stamp = _text(form.get("Timestamp"), 64).strip()
     if stamp:
@@ -160,38 +167,54 @@ def cloud_events(payload: Any, campaign: str | None = None) -> tuple[list[Event]
     out: list[Event] = []
     ignored = 0
     for i, ce in enumerate(payload, 1):
-        if not isinstance(ce, dict) or not ce.get("id") or not ce.get("type"):
-            raise BadRequest(f"CloudEvent {i} is not an object with an id and a type")
-        data = ce.get("data")
-        if not isinstance(data, dict):
-            raise BadRequest(f"CloudEvent {i} has no data object")
-        key = f"ce:{_text(ce.get('source'), 512)}:{_text(ce['id'], 128)}"
-        kind = _text(ce["type"], 200)
-        if kind.startswith(_MESSAGE_TYPE):
-            status = (_text(data.get("messageStatus"), 40)
-                      or kind[len(_MESSAGE_TYPE):]).strip().lower()
-            body = {"t": "status", "sid": _sid(data.get("messageSid"), "data.messageSid"),
-                    "status": status, "error": _text(data.get("errorCode"), 40).strip(),
-                    "from": _text(data.get("from"), 64), "to": _text(data.get("to"), 64),
-                    "service": _text(data.get("messagingServiceSid"), 64),
-                    "campaign": _campaign(campaign)}
-        elif kind == _INBOUND_TYPE:
-            body = {"t": "inbound", "sid": _sid(data.get("messageSid"), "data.messageSid"),
-                    "from": _text(data.get("from"), 64), "to": _text(data.get("to"), 64),
-                    "body": _text(data.get("body")),
-                    "segments": _text(data.get("numSegments"), 10),
-                    "opt": _text(data.get("optOutType"), 20).strip().upper(),
-                    "service": _text(data.get("messagingServiceSid"), 64),
-                    "campaign": _campaign(campaign)}
-        elif kind == _CLICK_TYPE:
-            body = {"t": "click", "sid": _sid(data.get("message_sid"), "data.message_sid"),
-                    "to": _text(data.get("to"), 64), "link": _text(data.get("link"), 4096),
-                    "at": _text(data.get("click_time") or ce.get("time"), 64)}
-        else:
-            ignored += 1
+        kind = ce.get("type") if isinstance(ce, dict) else None
+        if not (isinstance(kind, str) and kind.startswith(_USED)):
+            ignored += 1                 # a type kpibot does not use (or no type at all)
             continue
-        out.append((key, "twilio-events", _dump(body)))
+        try:
+            out.append(_cloud_event(ce, kind, campaign))
+        except BadRequest as exc:        # one we use, but unreadable: kept, with the reason
+            try:
+                raw = json.dumps(ce, ensure_ascii=True)[:MAX_TEXT]
+            except (ValueError, RecursionError):
+                raw = repr(ce)[:MAX_TEXT].encode("ascii", "backslashreplace").decode()
+            key = "ce:bad:" + hashlib.sha256(raw.encode()).hexdigest()
+            out.append((key, "twilio-events", _dump({"t": "unreadable", "reason": str(exc),
+                                                     "raw": raw})))
     return out, ignored
+
+
+_USED = (_MESSAGE_TYPE, _INBOUND_TYPE, _CLICK_TYPE)
+
+
+def _cloud_event(ce: dict, kind: str, campaign: str | None) -> Event:
+    if not ce.get("id"):
+        raise BadRequest("the CloudEvent has no id")
+    data = ce.get("data")
+    if not isinstance(data, dict):
+        raise BadRequest("the CloudEvent has no data object")
+    key = f"ce:{_text(ce.get('source'), 512)}:{_text(ce['id'], 128)}"
+    if kind.startswith(_MESSAGE_TYPE):
+        status = (_text(data.get("messageStatus"), 40)
+                  or kind[len(_MESSAGE_TYPE):]).strip().lower()
+        body = {"t": "status", "sid": _sid(data.get("messageSid"), "data.messageSid"),
+                "status": status, "error": _text(data.get("errorCode"), 40).strip(),
+                "from": _text(data.get("from"), 64), "to": _text(data.get("to"), 64),
+                "service": _text(data.get("messagingServiceSid"), 64),
+                "campaign": _campaign(campaign)}
+    elif kind == _INBOUND_TYPE:
+        body = {"t": "inbound", "sid": _sid(data.get("messageSid"), "data.messageSid"),
+                "from": _text(data.get("from"), 64), "to": _text(data.get("to"), 64),
+                "body": _text(data.get("body")),
+                "segments": _text(data.get("numSegments"), 10),
+                "opt": _text(data.get("optOutType"), 20).strip().upper(),
+                "service": _text(data.get("messagingServiceSid"), 64),
+                "campaign": _campaign(campaign)}
+    else:
+        body = {"t": "click", "sid": _sid(data.get("message_sid"), "data.message_sid"),
+                "to": _text(data.get("to"), 64), "link": _text(data.get("link"), 4096),
+                "at": _text(data.get("click_time") or ce.get("time"), 64)}
+    return key, "twilio-events", _dump(body)
 
 
 # -- /ingest -----------------------------------------------------------------------------
@@ -211,8 +234,8 @@ def read_ingest(raw: bytes, content_type: str = "") -> list[dict]:
     if stripped.startswith("["):
         try:
             rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BadRequest(f"the body is not valid JSON: {exc}") from None
+        except (ValueError, RecursionError) as exc:   # incl. too deep, too many digits
+            raise BadRequest(f"the body is not valid JSON: {str(exc)[:200]}") from None
     else:
         rows = []
         for n, line in enumerate(text.splitlines(), 1):
@@ -220,9 +243,10 @@ def read_ingest(raw: bytes, content_type: str = "") -> list[dict]:
                 continue
             try:
                 rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise BadRow(len(rows) + 1, None, f"line {n} is not valid JSON: {exc.msg}",
-                             []) from None
+            except (ValueError, RecursionError) as exc:
+                reason = f"line {n} is not valid JSON: {getattr(exc, 'msg', str(exc))[:200]}"
+                raise BadRow(len(rows) + 1, None, reason,
+                             [{"row": len(rows) + 1, "column": None, "reason": reason}]) from None
     if not isinstance(rows, list):
         raise BadRequest("expected a JSON array of rows, or NDJSON")
     if not rows:
@@ -259,8 +283,15 @@ def ingest_events(rows: list, tz_name: str, region: str = "US") -> list[Event]:
     tables: dict[str, tuple[list[str], list[list[str]]]] = {}
     for kind, items in by_kind.items():
         header: dict[str, None] = {}
-        for _, row in items:
-            header.update((k, None) for k in row if k != "kind")
+        for n, row in items:
+            for k in row:
+                if k != "kind" and k not in header:
+                    try:
+                        _text(k, 200)
+                    except BadRequest as exc:
+                        errors.append({"row": n, "column": None, "reason": f"a field name: {exc}"})
+                        continue
+                    header[k] = None
         names = list(header)
         cells: list[tuple[int, list[str]]] = []
         for n, row in items:
