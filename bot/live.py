@@ -24,7 +24,8 @@ GATHER_S = 0.2        # after a batch, events gather this long before the next o
 # them, so that the acknowledgements of new callbacks are not held back by the backlog
 CATCH_UP_BATCH = 500
 CATCH_UP_PAUSE_S = 0.01
-RETRY_HELD_S = 10.0   # how often held events are looked at (they are retried on a change)
+RETRY_HELD_S = 10.0
+BUSY_WAIT_S = 1.0     # the applier's wait for the store's write lock, before it retries   # how often held events are looked at (they are retried on a change)
 
 
 class LiveWorker:
@@ -63,13 +64,18 @@ class LiveWorker:
     def _run(self) -> None:
         store = applier = None
         last_retry = 0.0
+        busy = False
         while not self._stop.is_set():
             self._wake.wait(self.idle_s)
             self._wake.clear()
             try:
                 if applier is None:
                     store = self.store_factory()
+                    # an import holds the store: give up after a second, tidy the inbox
+                    # (its checkpoints are ours), and try again
+                    store.wait_for_writes(BUSY_WAIT_S)
                     applier = Applier(store)
+                store.checkpoint_inbox()       # what the webhooks' commits leave to us
                 while not self._stop.is_set():
                     done = applier.run_once(limit=self.batch)
                     self.applied += done.events
@@ -83,7 +89,8 @@ class LiveWorker:
                     self._stop.wait(self.pause_s)   # catching up: let acknowledgements in
                 if done.events:
                     self._stop.wait(self.gather_s)
-                store.checkpoint_inbox()       # what the webhooks' commits leave to us
+                store.checkpoint_inbox()
+                busy = False
                 if time.monotonic() - last_retry >= self.retry_held_s:
                     last_retry = time.monotonic()
                     done = applier.retry_held()
@@ -92,7 +99,9 @@ class LiveWorker:
                         self.on_applied(done.campaigns)
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):   # an import: wait for it
-                    log.info("live: the database is busy (an import?); events wait")
+                    if not busy:
+                        log.info("live: the database is busy (an import?); events wait")
+                    busy = True
                 else:
                     log.exception("live: applying events failed; retrying")
                     self._stop.wait(1.0)

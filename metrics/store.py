@@ -654,10 +654,15 @@ class Store:
 
     def defer_inbox_checkpoints(self) -> None:
         """This connection's commits to the inbox no longer copy the WAL back into the
-        database file (a checkpoint, with an fsync, every thousand pages: 50-80 ms that an
+        database file every thousand pages (a checkpoint, with an fsync: 50-80 ms that an
         acknowledgement waited for); :meth:`checkpoint_inbox` does it instead, from the
-        applier thread of ``kpibot serve``."""
-        self.inbox.execute("PRAGMA wal_autocheckpoint=0")
+        applier thread of ``kpibot serve``, and these commits only past 8,000 pages (should
+        that thread be stuck)."""
+        self.inbox.execute("PRAGMA wal_autocheckpoint=8000")   # a safety net only (32 MB)
+
+    def wait_for_writes(self, seconds: float) -> None:
+        """How long a write waits for another writer (an import) before it gives up."""
+        self.conn.execute(f"PRAGMA busy_timeout={int(seconds * 1000)}")
 
     def checkpoint_inbox(self) -> None:
         """Copy the inbox's WAL back into its file, without waiting for anyone (PASSIVE)."""
