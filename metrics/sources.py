@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import KpiBotError
-from .importers.values import BadValue, campaign_name
+from .importers.values import BadValue, campaign_name, sender_key
 
 SOURCES_ENV = "KPIBOT_SOURCES"
 _SECTIONS = {"campaign_by_sender", "campaign_by_code"}
@@ -25,16 +25,6 @@ _SECTIONS = {"campaign_by_sender", "campaign_by_code"}
 
 class SourcesError(KpiBotError):
     pass
-
-
-def sender_key(sender: str) -> str:
-    """How senders are matched: a number on its digits (+1 415-555-0100 == 14155550100), a
-    messaging service SID (MG...) or alphanumeric sender ID as written."""
-    s = sender.strip()
-    if s[:2].isalpha():
-        return s
-    digits = "".join(ch for ch in s if ch.isdigit())
-    return digits or s
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any
 
 from ..errors import MappingError
 from .fields import FIELDS_BY_FORMAT
-from .values import BadValue, campaign_name
+from .values import BadValue, campaign_name, sender_key
 
 _SECTIONS = {"source", "constants", "columns", "values", "attributes", "campaign_by_sender"}
 
@@ -83,8 +83,7 @@ def load_mapping(path: str | os.PathLike) -> Mapping:
         m.values[k].update({str(src).strip().lower(): _text(dst) for src, dst in table.items()})
     m.attributes = {k: str(v) for k, v in raw.get("attributes", {}).items()}
     for sender, campaign in raw.get("campaign_by_sender", {}).items():
-        digits = "".join(ch for ch in sender if ch.isdigit())
-        m.senders[sender if sender[:2].isalpha() else (digits or sender)] = _campaign(
+        m.senders[sender_key(sender)] = _campaign(
             p, f"[campaign_by_sender] {sender.strip()[:40]}", _text(campaign))
     return m
 

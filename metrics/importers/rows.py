@@ -50,7 +50,7 @@ class _Common:
         self.m_name = Memo(campaign_name)
         self.m_campaign = Memo(lambda name: ctx.campaign_id(name, channel))
         senders = ctx.senders
-        self.m_sender = Memo(lambda s: senders.get(_digits(s)))
+        self.m_sender = Memo(lambda s: senders.get(V.sender_key(s)))
 
     def _money(self, absolute: bool) -> Callable[[str], int | None]:
         money = V.money
@@ -309,12 +309,6 @@ def _daily_builder(fmt, ctx: Context, cols: Fields, extras):
         return [list(col) for col in zip(*built)] if built else []
 
     return build
-
-
-def _digits(s: str) -> str:
-    """Sender numbers are matched on their digits (+1 415-555-0100 == 14155550100)."""
-    d = "".join(ch for ch in s if ch.isdigit())
-    return d or s.strip()
 
 
 # A format's kind -> the builder of its rows: (format, context, bound fields, extra

@@ -329,3 +329,14 @@ def campaign_name(raw: str) -> str:
     if len(name) > MAX_NAME:
         raise BadValue(f"campaign name is longer than {MAX_NAME} characters")
     return name
+
+
+def sender_key(sender: str) -> str:
+    """How a sender is matched to its campaign ([campaign_by_sender] in a mapping or the
+    sources file): a number on its digits (+1 415-555-0100 == 14155550100), a messaging
+    service SID (MG...) or an alphanumeric sender ID as written."""
+    s = sender.strip()
+    if s[:2].isalpha():
+        return s
+    digits = "".join(ch for ch in s if ch.isdigit())
+    return digits or s
