@@ -20,7 +20,6 @@ import hmac
 import json
 import logging
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -95,7 +94,6 @@ class Webhooks:
         self.wake = wake or (lambda: None)
         self.clock = clock
         self._validator = None
-        self._lock = threading.Lock()
 
     def store(self) -> Store:
         """This thread's store, its inbox commits left without checkpoints (the applier
@@ -165,7 +163,9 @@ class Webhooks:
         query = _Params(parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True))
         campaign = (query.get("campaign") or [None])[0]
         from twilio.request_validator import RequestValidator, get_signature_algorithm
-        validator = RequestValidator(token)
+        if self._validator is None:       # the token is fixed for the server's life
+            self._validator = RequestValidator(token)
+        validator = self._validator
         algorithm = get_signature_algorithm(
             environ.get("HTTP_X_TWILIO_WEBHOOKS_SIGNATURE_SETTINGS", ""))
         if is_json:

@@ -708,7 +708,11 @@ class Store:
     LIVE_APPLIED = "live_applied_upto"
 
     def inbox_id(self) -> str:
-        return self.inbox.execute("SELECT value FROM meta WHERE key = 'inbox_id'").fetchone()[0]
+        """The inbox's identity, read once per connection (it never changes)."""
+        if getattr(self, "_inbox_id", None) is None:
+            self._inbox_id = self.inbox.execute(
+                "SELECT value FROM meta WHERE key = 'inbox_id'").fetchone()[0]
+        return self._inbox_id
 
     def live_applied(self, conn: sqlite3.Connection | None = None) -> int:
         """The id of the last inbox event applied to this database (0: none of this inbox)."""
