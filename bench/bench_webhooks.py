@@ -132,7 +132,7 @@ def _load_proc(port: int, first: int, count: int, rate: float, ready, out) -> No
                 conn.close()
                 conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             if ok:
-                lat[k].append(time.perf_counter() - due)
+                lat[k].append((time.perf_counter() - due, due - start_at))
             else:
                 errors[k] += 1
     ts = [threading.Thread(target=worker, args=(k,)) for k in range(THREADS)]
@@ -155,14 +155,16 @@ def load(port: int, first: int, count: int, rate: float) -> dict:
     results = [q.get() for _ in procs]
     for p in procs:
         p.join()
-    lat = sorted(x for r in results for x in r[0])
+    timed = [x for r in results for x in r[0]]
+    lat = sorted(x for x, _ in timed)
+    slow = sorted({int(at) for x, at in timed if x > 0.1})  # the seconds with slow answers
     errors = sum(r[1] for r in results)
     start_at = min(r[2] for r in results)
     end = max(r[3] for r in results)
     q99 = lat[int(len(lat) * 0.99) - 1] if lat else float("nan")
     return {"sent": share * PROCS, "ok": len(lat), "errors": errors,
             "rate": len(lat) / (end - start_at), "p50": statistics.median(lat) if lat else 0,
-            "p99": q99, "max": lat[-1] if lat else 0}
+            "p99": q99, "max": lat[-1] if lat else 0, "slow_seconds": slow}
 
 
 # -- the servers --------------------------------------------------------------------------
@@ -213,6 +215,30 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def tree_cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds of the process and of its children (kpibot serve's applier)."""
+    kids = 0.0
+    for k in children(pid):
+        try:
+            kids += cpu_s(k)
+        except OSError:
+            pass
+    return cpu_s(pid), kids
 
 
 def lag(db: Path) -> int:
@@ -274,17 +300,22 @@ def main() -> None:
             for turn in range(args.repeat):
                 ref_db = work / f"ref{turn}.db"
                 proc, port = start_reference(ref_db)
+                cpu0 = cpu_s(proc.pid)
                 r = load(port, 0, n, args.rate)
+                cpu = (cpu_s(proc.pid) - cpu0) / n * 1000
                 proc.terminate()
                 proc.wait()
-                print(fmt("reference", r), flush=True)
+                print(fmt("reference", r, f"CPU {cpu:.2f} ms a request"), flush=True)
                 db = work / f"kpibot{turn}.db"
                 proc, port = start_kpibot(db, fake.api_url)
-                rss0 = rss_mb(proc.pid)
+                rss0, (cpu0, kids0) = rss_mb(proc.pid), tree_cpu_s(proc.pid)
                 r = load(port, 0, n, args.rate)
                 behind = lag(db)
                 caught = wait_applied(db)
-                print(fmt("kpibot serve", r, f"applier {behind:,} behind at the end, caught up "
+                cpu, kids = tree_cpu_s(proc.pid)
+                print(fmt("kpibot serve", r, f"CPU {(cpu - cpu0) / n * 1000:.2f} ms a request "
+                          f"(and the applier process {(kids - kids0) / n * 1000:.2f} ms); "
+                          f"applier {behind:,} behind at the end, caught up "
                           f"in {caught:.1f} s; RSS {rss0:.0f} -> {rss_mb(proc.pid):.0f} MB"),
                       flush=True)
                 proc.terminate()
@@ -336,14 +367,19 @@ def memory_run(work: Path, fake_url: str, total: int, rate: float) -> None:
     db = work / "memory.db"
     proc, port = start_kpibot(db, fake_url)
     step = 100_000
-    print(f"{'callbacks':>10} {'RSS MB':>8} {'p99 ms':>8} {'rate/s':>8} {'behind':>8}")
-    print(f"{0:>10,} {rss_mb(proc.pid):>8.0f}")
+    def applier_mb() -> float:
+        return sum(rss_mb(k) for k in children(proc.pid))
+
+    print(f"{'callbacks':>10} {'RSS MB':>8} {'applier':>8} {'p99 ms':>8} {'rate/s':>8} "
+          f"{'behind':>8}")
+    print(f"{0:>10,} {rss_mb(proc.pid):>8.0f} {applier_mb():>8.0f}")
     for done in range(0, total, step):
         r = load(port, done, step, rate)
-        print(f"{done + step:>10,} {rss_mb(proc.pid):>8.0f} {r['p99'] * 1000:>8.1f} "
-              f"{r['rate']:>8,.0f} {lag(db):>8,}", flush=True)
+        print(f"{done + step:>10,} {rss_mb(proc.pid):>8.0f} {applier_mb():>8.0f} "
+              f"{r['p99'] * 1000:>8.1f} {r['rate']:>8,.0f} {lag(db):>8,}", flush=True)
     wait_applied(db)
-    print(f"all applied; RSS {rss_mb(proc.pid):.0f} MB")
+    print(f"all applied; RSS {rss_mb(proc.pid):.0f} MB, the applier process's "
+          f"{applier_mb():.0f} MB")
     proc.terminate()
     proc.wait()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 import time
 from typing import Callable
 
@@ -92,23 +93,41 @@ def _sync_job(store_factory: Callable[[], Store], twilio: tuple[str, str],
 
 
 NUDGE_EVERY_S = 15
-_nudged = {"at": 0.0}     # monotonic time of the last check asked for
 
 
 def nudge_alerts(sched: BackgroundScheduler) -> None:
-    """Live events changed some campaigns: have the alert rules checked now rather than
-    at the next tick, so an opt-out spike posts while it happens. At most one check every
-    NUDGE_EVERY_S; events that arrive before the one asked for are in it, and those just
-    after it ask for the next one, NUDGE_EVERY_S later."""
+    """Live events changed some campaigns: have the alert rules checked soon rather than
+    at the next tick, so an opt-out spike posts while it happens.
+
+    A nudge makes sure a check *starts after it*: a check that is asked for and has not
+    started yet will see these events too, so nothing more is asked; otherwise a check
+    is asked for now, or NUDGE_EVERY_S after the last one asked for (at most one every
+    NUDGE_EVERY_S). Moving the regular job instead lost nudges: one that came while
+    that job was due, or running, was taken as already served, and the events it
+    carried waited for the next tick."""
+    state = getattr(sched, "_kpibot_nudge", None)
+    if state is None:
+        state = sched._kpibot_nudge = {"lock": threading.Lock(), "asked": False,
+                                       "last": float("-inf")}
     now = time.monotonic()
-    if _nudged["at"] > now:           # a check is already due after these events
-        return
-    at = max(now, _nudged["at"] + NUDGE_EVERY_S)
-    _nudged["at"] = at
-    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=at - now)
+    with state["lock"]:
+        if state["asked"]:
+            return
+        at = max(now, state["last"] + NUDGE_EVERY_S)
+        state["last"], state["asked"] = at, True
     try:
-        job = sched.get_job("alerts")
-        if job is not None and (job.next_run_time is None or job.next_run_time > when):
-            job.modify(next_run_time=when)
+        regular = sched.get_job("alerts")
+        sched.add_job(_nudged_alerts_job, "date", id="alerts-nudge", replace_existing=True,
+                      run_date=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=at - now),
+                      args=[state, *regular.args], max_instances=2)
     except Exception:      # stopping: nothing to nudge
+        with state["lock"]:
+            state["asked"] = False
         log.debug("alerts not nudged", exc_info=True)
+
+
+def _nudged_alerts_job(state: dict, store_factory: Callable[[], Store],
+                       client: WebClient) -> None:
+    with state["lock"]:
+        state["asked"] = False        # events from now on need a check after this one
+    _alerts_job(store_factory, client)

@@ -11,7 +11,7 @@ from metrics.store import Store
 
 from .app import create_app
 from .deps import Settings, StorePerThread
-from .live import LiveWorker
+from .live import ApplierProcess, LiveWorker
 from .webhooks import LiveSettings, Webhooks
 
 log = logging.getLogger("kpibot")
@@ -34,6 +34,13 @@ def check(settings: Settings) -> None:
         raise ServeError("kpibot serve needs " + " and ".join(missing) + ".")
 
 
+# Request threads of the server. Slack's listeners run in Bolt's own pool after the
+# acknowledgement, and a webhook needs the interpreter for all but its commit: more
+# threads only take turns on it. With 4, callbacks at 1,000/s were answered with a p99
+# 1.2-10x lower than with 8, in each of three runs (bench/bench_webhooks.py).
+THREADS = 4
+
+
 def wsgi_app(settings: Settings, store_factory: Callable[[], Store], client=None,
              live: LiveSettings | None = None, wake: Callable[[], None] | None = None,
              app=None):
@@ -45,7 +52,7 @@ def wsgi_app(settings: Settings, store_factory: Callable[[], Store], client=None
 
 
 def http_server(settings: Settings, store_factory: Callable[[], Store], host: str, port: int,
-                threads: int = 8, client=None, live: LiveSettings | None = None,
+                threads: int = THREADS, client=None, live: LiveSettings | None = None,
                 wake: Callable[[], None] | None = None, app=None):
     """A waitress server (not yet running); ``port=0`` picks a free port."""
     from waitress.server import create_server
@@ -54,7 +61,7 @@ def http_server(settings: Settings, store_factory: Callable[[], Store], host: st
 
 
 def webhook_server(live: LiveSettings, store_factory: Callable[[], Store], host: str, port: int,
-                   threads: int = 8, wake: Callable[[], None] | None = None):
+                   threads: int = THREADS, wake: Callable[[], None] | None = None):
     """The live-data paths alone (Socket Mode, where Slack needs no port)."""
     from waitress.server import create_server
     return create_server(Webhooks(live, StorePerThread(store_factory), wake=wake), host=host,
@@ -69,17 +76,22 @@ def serve(settings: Settings, store_factory: Callable[[], Store], host: str, por
         raise ServeError(f"Slack did not accept the bot token at {settings.api_url} ({exc}); "
                          "check SLACK_BOT_TOKEN and SLACK_API_URL.") from None
     import os
-    import sys
 
-    # Threads take turns on the interpreter every 5 ms by default: an acknowledgement that
-    # needs it a few times waited tens of milliseconds behind the applier; 1 ms keeps the
-    # acknowledgements quick (measured: bench/bench_webhooks.py)
-    sys.setswitchinterval(0.001)
+    # The first chart imports matplotlib: half a second that holds the interpreter, and
+    # every acknowledgement with it. Made now, before the port opens, not in the first
+    # digest or alert while callbacks arrive.
+    import importlib
+    for module in ("metrics.charts", "metrics.engine"):
+        importlib.import_module(module)
+    from .logs import quiet_queue_warnings
+    quiet_queue_warnings()
     from .scheduler import build, nudge_alerts
     live = LiveSettings.from_env()
     holder: dict = {}
-    worker = LiveWorker(store_factory,
-                        on_applied=lambda campaigns: nudge_alerts(holder["scheduler"]))
+    on_applied = lambda campaigns: nudge_alerts(holder["scheduler"])  # noqa: E731
+    db = _file_of(store_factory)
+    # the applier in a process of its own (a file to share), else a thread of this one
+    worker = ApplierProcess(db, on_applied) if db else LiveWorker(store_factory, on_applied)
     try:
         if settings.app_token:      # Slack through Socket Mode: the port has the live paths
             server = webhook_server(live, store_factory, host, port, wake=worker.wake)
@@ -105,13 +117,13 @@ def serve(settings: Settings, store_factory: Callable[[], Store], host: str, por
         log.info("kpibot: connecting to Slack in Socket Mode")
         handler = SocketModeHandler(app, settings.app_token)
         stop_on_signals(lambda: (scheduler.shutdown(wait=False), server.close(),
-                                 handler.close()))
+                                 handler.close(), worker.stop()))
         Background(server).thread.start()
         log.info("kpibot: live data on http://%s:%s (Slack through Socket Mode)", host,
                  server.effective_port)
         handler.start()
         return
-    stop_on_signals(lambda: (scheduler.shutdown(wait=False), server.close()))
+    stop_on_signals(lambda: (scheduler.shutdown(wait=False), server.close(), worker.stop()))
     log.info("kpibot: listening on http://%s:%s%s", host, server.effective_port, PATH)
     try:
         server.run()
@@ -129,6 +141,15 @@ def _log_live(live: LiveSettings) -> None:
 
 
 STOP_GRACE_S = 3.0
+
+
+def _file_of(store_factory: Callable[[], Store]) -> str | None:
+    """The database file the stores of ``store_factory`` open (None: in memory)."""
+    store = store_factory()
+    try:
+        return None if str(store.path) == ":memory:" else str(store.path.resolve())
+    finally:
+        store.close()
 
 
 def stop_on_signals(close: Callable[[], object]) -> None:

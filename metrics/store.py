@@ -700,9 +700,11 @@ class Store:
         """Drop applied events received before ``before``: their keys are no longer needed
         to recognise repeats."""
         conn = self.inbox
+        where = "FROM events WHERE id <= ? AND received_at < ?"
+        if conn.execute(f"SELECT 1 {where} LIMIT 1", (applied_upto, before)).fetchone() is None:
+            return 0           # nothing to drop: no write lock taken (a reader never waits)
         with self._inbox_write, conn:
-            return conn.execute("DELETE FROM events WHERE id <= ? AND received_at < ?",
-                                (applied_upto, before)).rowcount
+            return conn.execute(f"DELETE {where}", (applied_upto, before)).rowcount
 
     # -- how far the inbox has been applied (written by metrics.live.apply only) ----------
     LIVE_APPLIED = "live_applied_upto"

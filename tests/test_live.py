@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 from twilio.request_validator import RequestValidator
 
-from bot.live import LiveWorker
+from bot import live as live_mod
+from bot.live import ApplierProcess, LiveWorker
 from bot.serve import Background, webhook_server
 from bot.webhooks import LiveSettings
 from metrics import rollup
@@ -673,10 +674,12 @@ def test_kill_9_loses_nothing_acknowledged_and_repeats_count_once(tmp_path):
             t.start()
         while len(acked) < 100:
             time.sleep(0.005)
+        (applier,) = _children(proc.pid)          # the applier process of kpibot serve
         os.kill(proc.pid, signal.SIGKILL)
         for t in threads:
             t.join()
         proc.wait()
+        _gone(applier, 15)           # orphaned, it sees its pipe close and ends by itself
         assert 100 <= len(acked) < 400
         got = set(messages(db)) | _inbox_sids(db)
         assert acked <= got                   # nothing acknowledged is lost
@@ -693,6 +696,69 @@ def test_kill_9_loses_nothing_acknowledged_and_repeats_count_once(tmp_path):
             proc.wait(10)
     assert card(db, "spring")["sent"]["value"] == 400
     s = Store(db)
+    assert_rollups_exact(s)
+    s.close()
+
+
+def _children(pid: int) -> list[int]:
+    deadline = time.monotonic() + 10
+    while True:
+        kids = [int(k) for k in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+        if kids or time.monotonic() > deadline:
+            return kids
+        time.sleep(0.05)
+
+
+def _gone(pid: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except FileNotFoundError:
+            return
+        if state == "Z":          # ended; its parent (this test run) has not reaped it
+            return
+        assert time.monotonic() < deadline, f"process {pid} still runs"
+        time.sleep(0.05)
+
+
+def test_the_applier_process_applies_reports_restarts_and_stops(tmp_path, monkeypatch):
+    """The applier of `kpibot serve` in a process of its own: woken through its pipe, it
+    applies what the inbox holds and names the campaigns it changed; killed, it is started
+    again and goes on; stopped, it ends."""
+    monkeypatch.setattr(live_mod, "RESTART_S", (0.1, 0.5))
+    db = tmp_path / "kpibot.db"
+    s = Store(db)
+    heard: list[set[int]] = []
+    ap = ApplierProcess(db, on_applied=heard.append).start()
+    try:
+        for i in range(20):
+            s.inbox_put(E.twilio_message_status(status_form(f"SM{i}", "delivered",
+                                                            to=phone(i)), "spring"), 1_800_000_000)
+        ap.wake()
+        deadline = time.monotonic() + 20
+        while len(messages(db)) < 20 or not heard:
+            assert time.monotonic() < deadline, "the applier process applied nothing"
+            time.sleep(0.05)
+        (spring,) = s.conn.execute("SELECT id FROM campaigns WHERE name = 'spring'").fetchone()
+        assert heard[0] == {spring}
+        first = ap.proc.pid
+        os.kill(first, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while ap.proc.pid == first:
+            assert time.monotonic() < deadline, "the applier was not started again"
+            time.sleep(0.05)
+        for i in range(20, 30):
+            s.inbox_put(E.twilio_message_status(status_form(f"SM{i}", "delivered",
+                                                            to=phone(i)), "spring"), 1_800_000_001)
+        ap.wake()
+        while len(messages(db)) < 30:
+            assert time.monotonic() < deadline, "the new applier process applied nothing"
+            time.sleep(0.05)
+    finally:
+        ap.stop()
+    assert ap.proc.poll() is not None
+    assert card(db, "spring")["sent"]["value"] == 30
     assert_rollups_exact(s)
     s.close()
 
@@ -1061,3 +1127,50 @@ def test_odd_but_signed_payloads_get_4xx_or_are_kept_never_500(manual):
     assert "not valid Unicode" in held["unreadable event"]
     assert inbox_count(manual.db) == 2
     s.close()
+
+
+# -- alert checks after live events ------------------------------------------------------
+
+def test_every_nudge_is_followed_by_an_alert_check_that_starts_after_it(monkeypatch):
+    """Events applied while a check is due, or running, still get a check of their own
+    (at most one every NUDGE_EVERY_S); nudges before a check starts share it."""
+    import datetime as dt
+
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from bot import scheduler as S
+    monkeypatch.setattr(S, "NUDGE_EVERY_S", 0.3)
+    starts: list[float] = []
+    release = threading.Event()
+
+    def check(store_factory, client):
+        starts.append(time.monotonic())
+        if len(starts) == 1:
+            release.wait(5)           # the first check is still running when events come
+    monkeypatch.setattr(S, "_alerts_job", check)
+    sched = BackgroundScheduler(timezone=dt.timezone.utc)
+    # the regular job, due now: what a nudge used to take as "already asked for"
+    sched.add_job(check, "interval", seconds=3600, id="alerts", args=[None, None],
+                  next_run_time=dt.datetime.now(dt.timezone.utc))
+    sched.start()
+    try:
+        nudges = [time.monotonic()]
+        S.nudge_alerts(sched)
+        deadline = time.monotonic() + 5
+        while len(starts) < 1:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        for _ in range(3):                     # events while the first check runs
+            nudges.append(time.monotonic())
+            S.nudge_alerts(sched)
+            time.sleep(0.02)
+        release.set()
+        while not starts or max(starts) < nudges[-1]:
+            assert time.monotonic() < deadline, f"no check after the last nudge: {starts}"
+            time.sleep(0.01)
+        time.sleep(0.5)
+        for n in nudges:
+            assert any(s > n for s in starts)
+        assert len(starts) <= 4               # nudges before a check starts share it
+    finally:
+        sched.shutdown(wait=False)

@@ -217,6 +217,26 @@ def test_tokens_never_reach_a_log(served, caplog):
     assert TOKEN not in caplog.text and SECRET not in caplog.text      # ...without the token
 
 
+def test_a_chatty_logger_writes_one_line_a_minute_and_counts_the_rest():
+    from bot.logs import AtMostEvery
+    now = [1000.0]
+    flt = AtMostEvery(60, clock=lambda: now[0])
+    lg = logging.getLogger("kpibot-test.chatty")
+    lg.propagate = False
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    lg.addHandler(handler)
+    lg.addFilter(flt)
+    for depth in range(1, 501):           # a burst: every request found the threads busy
+        lg.warning("Task queue depth is %d", depth)
+        now[0] += 0.05
+    assert seen == ["Task queue depth is 1"]
+    now[0] += 60
+    lg.warning("Task queue depth is %d", 3)
+    assert seen[1] == "Task queue depth is 3 (499 more such in the last 85 s)"
+
+
 def test_serve_says_what_is_missing():
     with pytest.raises(ServeError, match="SLACK_BOT_TOKEN"):
         check(Settings())

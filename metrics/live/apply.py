@@ -43,6 +43,7 @@ from ..times import zone
 
 BATCH = 2_000
 KEEP_KEYS_S = 3 * 86_400       # repeats are recognised for this long after an event
+FORGET_EVERY_S = 60.0
 
 # A status only moves forward. Within the final states a fixed order decides, so that two
 # final statuses in either order end the same way: a delivery receipt wins (it proves the
@@ -549,6 +550,7 @@ class Applier:
         self.region = region or os.environ.get("KPIBOT_REGION", "US")
         self._phones: PhoneHasher | None = None
         self._held_stamp: tuple | None = None
+        self._forgot_at = float("-inf")
 
     def _phones_now(self) -> PhoneHasher:
         if self._phones is None:
@@ -630,7 +632,10 @@ class Applier:
             done.upto = events[-1][0]
             store.set_live_applied(conn, done.upto)
         done.events = len(events)
-        if now is not None or done.events:
+        # old keys go at most once a minute: a delete takes the inbox's write lock, which
+        # the acknowledgements of kpibot serve (another process) then wait for
+        if now is not None or time.monotonic() - self._forgot_at >= FORGET_EVERY_S:
+            self._forgot_at = time.monotonic()
             store.inbox_forget(done.upto, (now or int(time.time())) - KEEP_KEYS_S)
         return done
 
