@@ -93,41 +93,47 @@ def _sync_job(store_factory: Callable[[], Store], twilio: tuple[str, str],
 
 
 NUDGE_EVERY_S = 15
+# A check counts whole seconds up to the one it starts in, that one excluded (alerts
+# measure [now - window, now)): events applied this second are seen by a check that
+# starts in the next one.
+NUDGE_DELAY_S = 1.0
 
 
 def nudge_alerts(sched: BackgroundScheduler) -> None:
     """Live events changed some campaigns: have the alert rules checked soon rather than
     at the next tick, so an opt-out spike posts while it happens.
 
-    A nudge makes sure a check *starts after it*: a check that is asked for and has not
-    started yet will see these events too, so nothing more is asked; otherwise a check
-    is asked for now, or NUDGE_EVERY_S after the last one asked for (at most one every
-    NUDGE_EVERY_S). Moving the regular job instead lost nudges: one that came while
-    that job was due, or running, was taken as already served, and the events it
-    carried waited for the next tick."""
+    A nudge makes sure a check starts after it, in a later second (a check measures up to
+    the second it starts in, that one excluded): a check that is asked for and starts in
+    a later second than now sees these events too, so nothing more is asked; otherwise a
+    check is asked for NUDGE_DELAY_S from now, or NUDGE_EVERY_S after the last one asked
+    for (at most one every NUDGE_EVERY_S). Moving the regular job instead lost nudges:
+    one that came while that job was due, or running, was taken as already served, and
+    the events it carried waited for the next tick."""
     state = getattr(sched, "_kpibot_nudge", None)
     if state is None:
-        state = sched._kpibot_nudge = {"lock": threading.Lock(), "asked": False,
+        state = sched._kpibot_nudge = {"lock": threading.Lock(), "asked": None,
                                        "last": float("-inf")}
-    now = time.monotonic()
+    now = time.time()
     with state["lock"]:
-        if state["asked"]:
+        asked = state["asked"]
+        if asked is not None and int(asked) > int(now):
             return
-        at = max(now, state["last"] + NUDGE_EVERY_S)
-        state["last"], state["asked"] = at, True
+        at = max(now + NUDGE_DELAY_S, state["last"] + NUDGE_EVERY_S)
+        state["last"] = state["asked"] = at
     try:
         regular = sched.get_job("alerts")
         sched.add_job(_nudged_alerts_job, "date", id="alerts-nudge", replace_existing=True,
-                      run_date=dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=at - now),
+                      run_date=dt.datetime.fromtimestamp(at, dt.timezone.utc),
                       args=[state, *regular.args], max_instances=2)
     except Exception:      # stopping: nothing to nudge
         with state["lock"]:
-            state["asked"] = False
+            state["asked"] = None
         log.debug("alerts not nudged", exc_info=True)
 
 
 def _nudged_alerts_job(state: dict, store_factory: Callable[[], Store],
                        client: WebClient) -> None:
     with state["lock"]:
-        state["asked"] = False        # events from now on need a check after this one
+        state["asked"] = None         # events from now on need a check after this one
     _alerts_job(store_factory, client)

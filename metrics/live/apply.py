@@ -25,7 +25,7 @@ import datetime as dt
 import json
 import sqlite3
 import time
-from typing import Any
+from typing import Any, Iterable
 
 from ..errors import StoreError
 from ..importers.binding import Context
@@ -105,10 +105,29 @@ class _Table:
         self.rows: dict[str, dict] = {}      # key -> current row
         self.old: dict[str, dict] = {}       # key -> the row as stored before the batch
         self.new: set[str] = set()           # keys inserted by the batch
+        self.absent: set[str] = set()        # keys looked up ahead and not stored
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Read the stored rows of ``keys`` in a few queries, not one per event."""
+        want = [k for k in dict.fromkeys(keys) if k not in self.rows and k not in self.absent]
+        for i in range(0, len(want), 500):
+            part = want[i:i + 500]
+            marks = ", ".join("?" * len(part))
+            found = set()
+            for got in self.conn.execute(
+                    f"SELECT * FROM {self.table} WHERE {self.key} IN ({marks})", part):
+                row = dict(zip(self.columns, got))
+                key = row[self.key]
+                found.add(key)
+                self.old[key] = dict(row)
+                self.rows[key] = row
+            self.absent.update(k for k in part if k not in found)
 
     def get(self, key: str) -> dict | None:
         row = self.rows.get(key)
         if row is None:
+            if key in self.absent:
+                return None
             cur = self.conn.execute(f"SELECT * FROM {self.table} WHERE {self.key} = ?", (key,))
             got = cur.fetchone()
             if got is None:
@@ -155,10 +174,13 @@ class _Table:
             sets = ", ".join(f"{c} = ?" for c in cols)
             conn.executemany(f"UPDATE {self.table} SET {sets} WHERE id = ?",
                              [[r[c] for c in cols] + [r["id"]] for r in updates])
-        for r in inserts:
-            r["id"] = conn.execute(
-                f"INSERT INTO {self.table} ({', '.join(cols)}) VALUES "
-                f"({', '.join('?' * len(cols))})", [r[c] for c in cols]).lastrowid
+        if inserts:     # the ids SQLite would give them (max + 1 on), in one statement
+            (top,) = conn.execute(f"SELECT COALESCE(MAX(id), 0) FROM {self.table}").fetchone()
+            for n, r in enumerate(inserts, top + 1):
+                r["id"] = n
+            conn.executemany(
+                f"INSERT INTO {self.table} ({', '.join(self.columns)}) VALUES ({marks})",
+                [[r[c] for c in self.columns] for r in inserts])
         conn.executemany(f"INSERT INTO temp.live_new_{self.table} VALUES ({marks})",
                          [[r[c] for c in self.columns] for r in inserts + updates])
         Rollup(conn, self.kind).apply_delta(f"temp.live_old_{self.table}",
@@ -191,12 +213,17 @@ class _Batch:
         self.messages = _Table(conn, "message")
         self.calls = _Table(conn, "call")
         self._plans: dict[tuple, Any] = {}
+        self._campaign_ids: dict[tuple[str, str], int] = {}
         self.replies: list[str] = []        # inbound keys to credit to what they answer
         self.attributes: set[tuple[int, str, str]] = set()   # (campaign, kind, name)
 
     # -- building rows with the importer's builders ------------------------------------
     def _campaign_id(self, name: str, channel: str) -> int:
-        return self.store.campaign_id(self.conn, name, channel)
+        key = (name, channel)             # looked up once a batch (it is one transaction)
+        cid = self._campaign_ids.get(key)
+        if cid is None:
+            cid = self._campaign_ids[key] = self.store.campaign_id(self.conn, name, channel)
+        return cid
 
     def _build(self, fmt: str, header: list[str], fields: list[list[str]],
                campaign: str | None) -> list[dict]:
@@ -626,8 +653,12 @@ class Applier:
                 return done
             _settle_rollups(conn)
             batch = _Batch(conn, store, sources, phones, tz, self.window_s)
-            for event_id, at, source, body in events:
-                self._one(batch, conn, event_id, at, source, body, done)
+            parsed = [_loads(body) for _, _, _, body in events]
+            batch.messages.prefetch(p["sid"] for p in parsed if isinstance(p, dict) and
+                                    p.get("t") in ("status", "inbound") and
+                                    isinstance(p.get("sid"), str))
+            for (event_id, at, source, body), payload in zip(events, parsed):
+                self._one(batch, conn, event_id, at, source, body, done, payload)
             done.campaigns |= batch.write()
             done.upto = events[-1][0]
             store.set_live_applied(conn, done.upto)
@@ -640,17 +671,18 @@ class Applier:
         return done
 
     def _one(self, batch: _Batch, conn, event_id: int, at: int, source: str, body: str,
-             done: Applied) -> None:
+             done: Applied, payload: dict | None = None) -> None:
         """Apply one event, or keep it with the reason (in a savepoint: a held event leaves
         no half-applied trace)."""
         conn.execute("SAVEPOINT live_event")
         try:
-            batch.apply(at, json.loads(body))
+            batch.apply(at, payload if isinstance(payload, dict) else json.loads(body))
         except (Held, ValueError, KeyError, TypeError) as exc:
             # nothing of the event is in the batch's rows (every Held is raised before a
             # row changes); what it wrote (a new campaign) goes, with the plans that knew it
             conn.execute("ROLLBACK TO live_event")
             batch._plans.clear()
+            batch._campaign_ids.clear()
             reason = exc.reason if isinstance(exc, Held) else f"unreadable event ({exc})"
             sender = exc.sender if isinstance(exc, Held) else None
             what = _what(body)
@@ -719,6 +751,14 @@ class Applier:
             for event_id, at, source, body in held:
                 self._one(batch, conn, event_id, at, source, body, done)
             done.campaigns |= batch.write()
+
+
+def _loads(body: str) -> Any:
+    """An event's JSON, or None where it does not read (applying it says why)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 def _retry_later(exc: Exception) -> bool:
