@@ -223,8 +223,10 @@ class ApplierProcess:
 def _child(db: str, wake_fd: int) -> None:
     """The applier process: a LiveWorker woken by bytes on ``wake_fd``, reporting the
     campaigns it changed on stdout; it ends when the pipe closes (its server is gone)."""
+    from .logs import install_redaction
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    install_redaction()          # as in the server: no token reaches a log
     out = threading.Lock()
 
     def applied(campaigns: set[int]) -> None:
@@ -237,9 +239,7 @@ def _child(db: str, wake_fd: int) -> None:
     try:
         while os.read(wake_fd, 4096):
             worker.wake()
-    except OSError:
-        pass
-    except KeyboardInterrupt:
+    except (OSError, KeyboardInterrupt):      # the pipe broke, or SIGTERM
         pass
     worker.stop(timeout=30.0)
 
