@@ -129,6 +129,7 @@ class LiveWorker:
 
 # -- the applier as a child process of kpibot serve ------------------------------------------
 
+WAKE_EVERY_S = 0.05        # the applier process reads its wake-ups at most this often
 RESTART_S = (1.0, 30.0)     # the pause before a dead applier is started again: first, most
 
 
@@ -239,6 +240,9 @@ def _child(db: str, wake_fd: int) -> None:
     try:
         while os.read(wake_fd, 4096):
             worker.wake()
+            # a byte comes with every commit (a thousand a second under load): the
+            # wake-ups of the next WAKE_EVERY_S wait in the pipe and are read as one
+            time.sleep(WAKE_EVERY_S)
     except (OSError, KeyboardInterrupt):      # the pipe broke, or SIGTERM
         pass
     worker.stop(timeout=30.0)
