@@ -4,7 +4,6 @@ and the public names where they always were."""
 from __future__ import annotations
 
 import ast
-import csv
 import gc
 import json
 import subprocess
