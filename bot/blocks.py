@@ -100,6 +100,9 @@ def card_blocks(reply: Reply, command: str, share: bool = True) -> list[Block]:
             blocks.append(SectionBlock(text=MarkdownTextObject(text="*Dispositions*: " + _md(
                 ", ".join(f"{n} {k:,} ({s * 100:.0f}%)" for n, k, s in sec.dispositions[:10]),
                 SECTION_TEXT - 20))))
+    if rep.attribution is not None:
+        blocks.append(ContextBlock(elements=[MarkdownTextObject(
+            text=_md(" ".join(text.attribution_lines(rep)), 2000))]))
     if rep.dim:
         blocks.append(DividerBlock())
         blocks += _code_sections(text.breakdown_table(rep), f"By {rep.dim}")

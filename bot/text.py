@@ -154,11 +154,41 @@ def card(rep: Report) -> str:
             lines.append("")
             lines.append("Dispositions: " + ", ".join(
                 f"{name} {n:,} ({share * 100:.0f}%)" for name, n, share in sec.dispositions[:8]))
+    if rep.attribution is not None:
+        lines.append("")
+        lines.extend(attribution_lines(rep))
     if rep.dim:
         lines.append("")
         lines.append(f"By {rep.dim}:")
         lines.append(breakdown_table(rep))
     return "\n".join(lines)
+
+
+_HOW = {"named": "named their message or call", "click": "by click", "delivery": "by delivery",
+        "code": "by code"}
+_SET_BY = {"default": "the default", "team": "the team's setting",
+           "campaign": "this campaign's setting"}
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'s' * (n != 1)}"
+
+
+def attribution_lines(rep: Report) -> list[str]:
+    """How the card's conversions were credited, under which windows, what went nowhere."""
+    a = rep.attribution
+    w = a.windows
+    lines = [f"Conversions credited by {w.text()} ({_SET_BY[w.set_by]})"
+             + (": " + ", ".join(f"{n:,} {_HOW[h]}" for h, n in a.by_how.items())
+                if a.by_how else ": none in this period") + "."]
+    costs = {c for sec in rep.current.values() for c in sec.currencies}
+    if a.currencies and costs and set(a.currencies) != costs:
+        lines.append(f"Revenue is in {', '.join(a.currencies)} and costs in "
+                     f"{', '.join(sorted(costs))}: ROI and revenue mix currencies.")
+    if a.uncredited:
+        kinds = ", ".join(_plural(n, t) for t, n in a.uncredited.items())
+        lines.append(f"Not credited to any campaign: {kinds} (see `kpibot list`).")
+    return lines
 
 
 def benchmark_cell(b, v: kpis.Value, k: kpis.Kpi) -> str:
@@ -209,6 +239,25 @@ def campaign_list(rows: list[dict]) -> str:
 _PLURAL = {"message status": "message statuses", "reply": "replies", "call": "calls",
            "click": "clicks", "event": "events", "synced record": "synced records",
            "unreadable event": "unreadable events"}
+
+
+def uncredited_list(rows: list[dict], waiting_clicks: int) -> str:
+    """Conversions nothing could be credited with, and clicks whose message is not stored."""
+    lines = []
+    if rows:
+        total = sum(r["conversions"] for r in rows)
+        lines.append(f"Conversions not credited: {total:,} (kept; credited as soon as a "
+                     "message, click or code claims them)")
+        for r in rows[:10]:
+            money = (f", {r['revenue']:,.2f} {'/'.join(r['currencies'])}".rstrip()
+                     if r["revenue"] else "")
+            lines.append(f"  {_plural(r['conversions'], r['type'])}{money}: {r['reason']}")
+        if len(rows) > 10:
+            lines.append(f"  … and {len(rows) - 10} more kinds")
+    if waiting_clicks:
+        lines.append(f"Clicks on messages not stored (yet): {waiting_clicks:,} (they count "
+                     "when their message arrives)")
+    return "\n".join(lines)
 
 
 def unassigned_list(held: list[dict]) -> str:
@@ -353,7 +402,9 @@ def comparison(c) -> str:
     lines = [c.verdict, head, table(rows, right={1})]
     if c.left_out:
         lines.append("Not compared: " + ", ".join(
-            "rows without a variant" if x == "(none)" else "daily totals (no variants)"
+            "rows without a variant" if x == "(none)" else
+            "conversions credited by code (no message, so no variant)" if x.startswith(
+                "(credited by code") else "daily totals (no variants)"
             for x in c.left_out) + ".")
     return "\n".join(lines)
 

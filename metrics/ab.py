@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from scipy.stats import binomtest, norm
 
 from . import kpis
-from .engine import DAILY_KEY, Campaign, find_campaign, report
+from .engine import CODE_KEY, DAILY_KEY, Campaign, find_campaign, report
 from .errors import KpiBotError
 from .periods import Period
 from .store import Store
@@ -259,7 +259,7 @@ def _arms(rep, channel: str) -> tuple[list[tuple[str, dict]], list[str]]:
         sec = sections.get(channel)
         if sec is None:
             continue
-        if label in (NO_VARIANT, DAILY_KEY):
+        if label in (NO_VARIANT, DAILY_KEY, CODE_KEY):
             left.append(label)
         else:
             arms.append((label, sec.counters))

@@ -11,7 +11,7 @@ import difflib
 import sqlite3
 from dataclasses import dataclass, field
 
-from . import benchmarks, kpis
+from . import attribution, benchmarks, kpis
 from .errors import KpiBotError, NoData, UnknownCampaign
 from .names import name_key
 from .periods import Period
@@ -37,6 +37,7 @@ _DAILY = {
              "revenue_micros": "revenue_micros"},
 }
 DAILY_KEY = "(daily totals)"
+CODE_KEY = "(credited by code)"     # conversions a code gave the campaign, with no message
 
 
 class BadDimension(KpiBotError):
@@ -92,6 +93,7 @@ class Report:
     breakdown: list[tuple[str, dict[str, Section]]] = field(default_factory=list)
     dim_channel: str | None = None   # the channel the breakdown is about (mixed campaigns)
     benchmarks: dict = field(default_factory=dict)   # (channel, metric) -> Benchmark
+    attribution: "Attribution | None" = None          # when the store has conversions
 
     @property
     def channels(self) -> list[str]:
@@ -130,6 +132,8 @@ class Report:
         if self.dim:
             out["breakdown"] = [{self.dim: key, "metrics": self._metrics_json(secs)}
                                 for key, secs in self.breakdown]
+        if self.attribution is not None:
+            out["attribution"] = self.attribution.as_json()
         return out
 
     def _metrics_json(self, sections: dict[str, Section]) -> dict:
@@ -150,6 +154,34 @@ class Report:
                 if b is not None and key in metrics:
                     metrics[key]["benchmark"] = b.as_json(sec.metrics[k.name].value, k.good)
         return metrics
+
+
+@dataclass
+class Attribution:
+    """How the conversions on a card were credited: the windows in force, how many went
+    each way in the period, and what the store holds that nothing could claim."""
+
+    windows: attribution.Windows
+    by_how: dict[str, int]
+    currencies: list[str]                 # of the conversions credited in the period
+    uncredited: dict[str, int]            # store-wide: type -> conversions
+    waiting_clicks: int = 0
+
+    def as_json(self) -> dict:
+        return {**self.windows.as_json(), "credited": dict(self.by_how),
+                "revenue_currencies": self.currencies,
+                "uncredited": dict(self.uncredited)}
+
+
+def _attribution(store: Store, camp: Campaign, period: Period) -> Attribution | None:
+    conn = store.conn
+    if not attribution.has_conversions(conn):
+        return None
+    by_how = attribution.credited_by_how(conn, camp.id, period.start, period.end)
+    return Attribution(attribution.windows_for(conn, camp.id),
+                       {h: by_how[h] for h in attribution.HOW if by_how.get(h)},
+                       attribution.credited_currencies(conn, camp.id, period.start, period.end),
+                       attribution.uncredited_by_type(conn))
 
 
 class TotalTooLarge(KpiBotError):
@@ -286,6 +318,7 @@ class Reader:
         self.conn = store.conn
         self.campaign = campaign
         self.tz = tz
+        self._has_coded: bool | None = None
 
     def grouped(self, channel: str, start: int, end: int, dim: str | None,
                 reach: bool = True) -> dict:
@@ -305,6 +338,7 @@ class Reader:
             path = '$."' + dim.replace('"', '\\"') + '"'
             self._raw(kind, start, end, "COALESCE(json_extract(attrs, ?), '')", out, [path])
         self._daily(channel, start, end, dim, out)
+        self._coded(channel, start, end, dim, out)
         if channel == "sms" and reach:
             if dim is None:
                 out.setdefault("", {})["reach"] = self.reach(start, end)
@@ -365,6 +399,32 @@ class Reader:
                 first_list = list_size
                 out[key]["list_size_start"] = list_size
 
+    def _coded(self, channel: str, start: int, end: int, dim: str | None, out: dict) -> None:
+        """Conversions a code credited to the campaign (no message claimed them): in the
+        period of their own time, under the campaign's channel (SMS when it has both)."""
+        if channel != ("call" if self.campaign.channel == "call" else "sms"):
+            return
+        if self._has_coded is None:
+            self._has_coded = self.conn.execute(
+                "SELECT 1 FROM conversions INDEXED BY conversions_campaign WHERE "
+                "campaign_id = ? AND how = 'code' LIMIT 1", (self.campaign.id,)).fetchone() \
+                is not None
+        if not self._has_coded:
+            return
+        if dim in TIME_DIMS or dim == "trend_hour":
+            segments = [(a, b, _time_key(dim, "credited_at", off))
+                        for a, b, off in _offset_segments(self.tz, start, end)]
+        else:
+            segments = [(start, end, "''" if dim is None else f"'{CODE_KEY}'")]
+        for a, b, key in segments:
+            for k, n, rev in self.conn.execute(
+                    f"SELECT {key} AS k, COUNT(*), TOTAL(CASE WHEN cancelled THEN 0 ELSE "
+                    "COALESCE(revenue_micros, 0) END) FROM conversions INDEXED BY "
+                    "conversions_campaign WHERE campaign_id = ? AND credited_at >= ? AND "
+                    "credited_at < ? AND how = 'code' AND NOT cancelled GROUP BY k",
+                    (self.campaign.id, a, b)):
+                _add(out, k, ["conversions", "conversion_revenue_micros"], [n, int(rev)])
+
     def reach(self, start: int, end: int) -> int:
         """Distinct recipients with a delivered message in [start, end): for the whole
         campaign the size of its recipient set, otherwise the period's deliveries whose
@@ -393,6 +453,13 @@ class Reader:
             if a is not None:
                 lo = a if lo is None else min(lo, a)
                 hi = b + SLOT if hi is None else max(hi, b + SLOT)
+        a, b = self.conn.execute(
+            "SELECT MIN(credited_at), MAX(credited_at) FROM conversions INDEXED BY "
+            "conversions_campaign WHERE campaign_id = ? AND how = 'code'",
+            (self.campaign.id,)).fetchone()
+        if a is not None:
+            lo = a // SLOT * SLOT if lo is None else min(lo, a // SLOT * SLOT)
+            hi = b // SLOT * SLOT + SLOT if hi is None else max(hi, b // SLOT * SLOT + SLOT)
         a, b = self.conn.execute("SELECT MIN(date), MAX(date) FROM daily WHERE campaign_id = ?",
                                  (self.campaign.id,)).fetchone()
         if a is not None:
@@ -454,7 +521,7 @@ def _trend_unit(seconds: int) -> str:
 
 
 def _label(dim: str, key, tz: dt.tzinfo) -> str:
-    if key == DAILY_KEY:
+    if key in (DAILY_KEY, CODE_KEY):
         return key
     if dim in ("day", "week"):
         return (dt.date(1970, 1, 1) + dt.timedelta(days=int(key))).isoformat()
@@ -505,6 +572,7 @@ def report(store: Store, campaign: str | Campaign, period: Period | None = None,
     rep = Report(camp, period, whole, tz_name, current, previous, prev_period, unit, trend)
     if with_benchmarks:
         rep.benchmarks = benchmarks.load(store.path)
+    rep.attribution = _attribution(store, camp, period)
     if by is not None:
         rep.dim = by
         # a dimension of one channel only (disposition, error) breaks down that channel
@@ -514,9 +582,10 @@ def report(store: Store, campaign: str | Campaign, period: Period | None = None,
         rep.dim_channel = channels[0]
         groups = {ch: reader.grouped(ch, period.start, period.end, by) for ch in channels}
         order = sorted({k for g in groups.values() for k in g},
-                       key=lambda k: (k == DAILY_KEY, k if by in TIME_DIMS else str(k)))
+                       key=lambda k: (k in (DAILY_KEY, CODE_KEY),
+                                      k if by in TIME_DIMS else str(k)))
         if by not in TIME_DIMS:   # biggest first
-            order.sort(key=lambda k: (k == DAILY_KEY, -sum(
+            order.sort(key=lambda k: (k in (DAILY_KEY, CODE_KEY), -sum(
                 _volume(ch, groups[ch].get(k, {})) for ch in channels)))
         rep.breakdown = [
             (_label(by, k, tz), {ch: Section(ch, groups[ch][k], kpis.compute(ch, groups[ch][k]))

@@ -94,7 +94,22 @@ def _rate(name, label, channel, num, den, good, definition):
 
 
 _cost = _c("cost_micros")
-_revenue_minus_cost = lambda c: c.get("revenue_micros", 0) - c.get("cost_micros", 0)  # noqa: E731
+
+
+def _conversions(c: Counters) -> float:
+    """Conversions: those imported on the events themselves (their ``converted``
+    column) and those credited to them from orders (``metrics.attribution``)."""
+    return c.get("converted", 0) + c.get("conversions", 0)
+
+
+def _revenue(c: Counters) -> float:
+    """Revenue on the events themselves and from the conversions credited to them."""
+    return c.get("revenue_micros", 0) + c.get("conversion_revenue_micros", 0)
+
+
+def _revenue_minus_cost(c: Counters) -> float:
+    return _revenue(c) - c.get("cost_micros", 0)
+
 
 SMS = [
     Kpi("sent", "Sent", "sms", "count", _c("sent"), None, "up",
@@ -102,8 +117,8 @@ SMS = [
     _rate("delivery_rate", "Delivery rate", "sms", "delivered", "sent", "up", "delivered / sent"),
     _rate("ctr", "Click-through rate", "sms", "clicked", "delivered", "up",
           "messages with at least one click / delivered"),
-    _rate("conversion_rate", "Conversion rate", "sms", "converted", "delivered", "up",
-          "conversions / delivered"),
+    Kpi("conversion_rate", "Conversion rate", "sms", "percent", _conversions, _c("delivered"),
+        "up", "conversions / delivered", True),
     _rate("opt_out_rate", "Opt-out rate", "sms", "opted_out", "delivered", "down",
           "opt-outs / delivered"),
     _rate("response_rate", "Response rate", "sms", "replied", "delivered", "up",
@@ -112,13 +127,13 @@ SMS = [
           "complaints / delivered"),
     Kpi("cost_per_click", "Cost per click", "sms", "money", _cost, _c("clicked"), "down",
         "cost / clicks"),
-    Kpi("cost_per_conversion", "Cost per conversion", "sms", "money", _cost, _c("converted"),
+    Kpi("cost_per_conversion", "Cost per conversion", "sms", "money", _cost, _conversions,
         "down", "cost / conversions"),
     Kpi("roi", "ROI", "sms", "percent", _revenue_minus_cost, _cost, "up",
         "(revenue - cost) / cost", money_ratio=True),
     Kpi("cost", "Cost", "sms", "money", _cost, None, None, "sum of message costs"),
-    Kpi("revenue", "Revenue", "sms", "money", _c("revenue_micros"), None, "up",
-        "sum of revenue from the campaign's messages"),
+    Kpi("revenue", "Revenue", "sms", "money", _revenue, None, "up",
+        "sum of revenue from the campaign's messages and the conversions credited to it"),
     Kpi("reach", "Reach", "sms", "count", _c("reach"), None, "up",
         "distinct recipients with a delivered message", distinct=True),
     Kpi("list_growth_rate", "List growth rate", "sms", "percent",
@@ -139,17 +154,21 @@ CALLS = [
     Kpi("abandonment_rate", "Abandonment rate", "call", "percent", _c("abandoned"),
         lambda c: c.get("answered", 0) + c.get("abandoned", 0), "down",
         "abandoned / (answered + abandoned)", True),
-    _rate("conversion_rate", "Conversion rate", "call", "converted", "answered", "up",
-          "conversions / answered"),
+    Kpi("conversion_rate", "Conversion rate", "call", "percent", _conversions, _c("answered"),
+        "up", "conversions / answered", True),
+    Kpi("leads", "Leads", "call", "count", _c("leads"), None, "up",
+        "calls with a lead disposition or a conversion of type lead"),
+    _rate("lead_to_sale_rate", "Lead-to-sale rate", "call", "leads_sold", "leads", "up",
+          "leads with a sale credited to the same call / leads"),
     Kpi("cost_per_call", "Cost per call", "call", "money", _cost, _c("dialed"), "down",
         "cost / dialed"),
-    Kpi("cost_per_conversion", "Cost per conversion", "call", "money", _cost, _c("converted"),
+    Kpi("cost_per_conversion", "Cost per conversion", "call", "money", _cost, _conversions,
         "down", "cost / conversions"),
     Kpi("roi", "ROI", "call", "percent", _revenue_minus_cost, _cost, "up",
         "(revenue - cost) / cost", money_ratio=True),
     Kpi("cost", "Cost", "call", "money", _cost, None, None, "sum of call costs"),
-    Kpi("revenue", "Revenue", "call", "money", _c("revenue_micros"), None, "up",
-        "sum of revenue from the campaign's calls"),
+    Kpi("revenue", "Revenue", "call", "money", _revenue, None, "up",
+        "sum of revenue from the campaign's calls and the conversions credited to it"),
 ]
 
 REGISTRY: dict[str, dict[str, Kpi]] = {"sms": {k.name: k for k in SMS},
@@ -157,7 +176,7 @@ REGISTRY: dict[str, dict[str, Kpi]] = {"sms": {k.name: k for k in SMS},
 
 # What each goal leads with (the contract's "Campaign goal orders the card").
 GOAL_ORDER = {
-    "lead-gen": ["conversion_rate", "cost_per_conversion"],
+    "lead-gen": ["conversion_rate", "cost_per_conversion", "leads", "lead_to_sale_rate"],
     "sales": ["revenue", "roi"],
     "appointments": ["conversion_rate"],
     "support": ["response_rate", "avg_call_duration"],

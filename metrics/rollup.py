@@ -37,7 +37,7 @@ SLOT = 900   # seconds
 # One amount is at most 1e10 currency units (importers.values.MAX_AMOUNT), so only a
 # file of hundreds of such amounts comes near: the import that would pass it is refused.
 MAX_TOTAL_MICROS = 1 << 62
-_MONEY = ("cost_micros", "revenue_micros")
+_MONEY = ("cost_micros", "revenue_micros", "conversion_revenue_micros")
 
 
 class TotalTooLarge(ImportRejected):
@@ -69,6 +69,12 @@ class Kind:
 
 
 _SENT = "('sent', 'delivered', 'undelivered', 'failed', 'unknown')"
+# A lead: a call with a lead disposition (one that names a lead: Lead, Hot lead, Qualified
+# lead; or Interested, Qualified), or one credited with a conversion of type lead (bit 8 of
+# conversion_types, see metrics.attribution.TYPE_BIT); sold: one credited with a sale too.
+LEAD_DISPOSITION = ("(' ' || lower(COALESCE(disposition, '')) || ' ') GLOB '*[^a-z]lead[^a-z]*' "
+                    "OR lower(trim(COALESCE(disposition, ''))) IN ('interested', 'qualified')")
+_LEAD = f"(({LEAD_DISPOSITION}) OR conversion_types & 8)"
 _ANSWERED = ("status = 'completed' AND (answered_by IS NULL OR answered_by IN ('', 'human')) "
              "AND abandoned = 0")
 
@@ -92,12 +98,15 @@ MESSAGE = Kind(
         "inbound": "direction = 'inbound'",
         "cost_micros": "COALESCE(cost_micros, 0)",
         "revenue_micros": "COALESCE(revenue_micros, 0)",
+        # conversions credited to the message from the orders imported (metrics.attribution)
+        "conversions": "CASE WHEN direction = 'outbound' THEN conversions ELSE 0 END",
+        "conversion_revenue_micros": "COALESCE(conversion_revenue_micros, 0)",
     },
     dims={"segment": "segment", "variant": "variant", "country": "country",
           "status": "status", "error": "error_code", "currency": "currency"},
-    summed=("cost_micros", "revenue_micros"),
+    summed=("cost_micros", "revenue_micros", "conversion_revenue_micros"),
     profile=("direction", "status", "clicked", "converted", "opted_out", "replied",
-             "spam_complaint", "keyword", "reply_to"),
+             "spam_complaint", "keyword", "reply_to", "conversions"),
 )
 
 CALL = Kind(
@@ -112,6 +121,10 @@ CALL = Kind(
         "talk_seconds": f"CASE WHEN {_ANSWERED} THEN COALESCE(duration_s, 0) ELSE 0 END",
         "cost_micros": "COALESCE(cost_micros, 0)",
         "revenue_micros": "COALESCE(revenue_micros, 0)",
+        "conversions": "conversions",
+        "conversion_revenue_micros": "COALESCE(conversion_revenue_micros, 0)",
+        "leads": _LEAD,
+        "leads_sold": f"{_LEAD} AND conversion_types & 1 > 0",
     },
     dims={"segment": "segment", "variant": "variant", "country": "country",
           "status": "status", "disposition": "disposition", "agent": "agent",

@@ -229,7 +229,17 @@ def m002_rollups(db: "sqlite_utils.Database") -> None:
             db.execute(f"CREATE TRIGGER {kind.table}_rollup_{event.lower()} AFTER {event} ON "
                        f"{kind.table} BEGIN INSERT INTO rollup_dirty VALUES {values} "
                        "ON CONFLICT DO NOTHING; END")
-    rebuild(db.conn)
+    # a store made at this step has no events to count (an older one with events is
+    # counted once the schema is complete: m006 names the counters' newest columns)
+    if _has_columns(db.conn, "messages", ("conversions",)):
+        rebuild(db.conn)
+    else:
+        db.conn.execute("INSERT OR REPLACE INTO settings VALUES ('rollup_rebuild_pending', '1')")
+
+
+def _has_columns(conn, table: str, names: tuple[str, ...]) -> bool:
+    have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+    return set(names) <= have
 
 
 @migration
@@ -325,6 +335,86 @@ def m005_live(db: "sqlite_utils.Database") -> None:
         CREATE INDEX messages_recipient ON messages(recipient, sent_at)
             WHERE direction = 'outbound' AND recipient IS NOT NULL;
         """)
+
+
+@migration
+def m006_attribution(db: "sqlite_utils.Database") -> None:
+    """Clicks and conversions from other systems (``metrics.attribution``): a click
+    belongs to its message; a conversion is credited to a message or call (or, through
+    its code, to a campaign) and adds to that event's counters, so rollups, breakdowns
+    and A/B tests see it where the event is."""
+    conn = db.conn
+    for table in ("messages", "calls"):
+        if not _has_columns(conn, table, ("conversions",)):
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN conversions INTEGER NOT NULL DEFAULT 0")
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN conversion_revenue_micros INTEGER "
+                         "NOT NULL DEFAULT 0")
+    if not _has_columns(conn, "calls", ("conversion_types",)):
+        # the types of the conversions credited to a call, one bit each (attribution.TYPE_BIT)
+        conn.execute("ALTER TABLE calls ADD COLUMN conversion_types INTEGER NOT NULL DEFAULT 0")
+    from .rollup import KINDS, rebuild
+    recount = []
+    for kind in KINDS.values():     # a rollup table made before these counters existed
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({kind.rollup})")}
+        for counter in kind.counters:
+            if counter not in have:
+                conn.execute(f"ALTER TABLE {kind.rollup} ADD COLUMN {counter} INTEGER NOT NULL "
+                             "DEFAULT 0")
+                recount.append(kind.name)
+    if "call" in recount:      # leads: counted from the dispositions already stored
+        rebuild(conn, "call")
+    db.executescript(
+        """
+        ALTER TABLE campaigns ADD COLUMN click_window_s INTEGER;     -- NULL: the team's
+        ALTER TABLE campaigns ADD COLUMN delivery_window_s INTEGER;
+        -- One row per click on a link in a message (Twilio's link-shortening click event).
+        CREATE TABLE clicks (
+            id INTEGER PRIMARY KEY,
+            click_key TEXT NOT NULL UNIQUE,    -- message, second and link: a repeat is one click
+            message_key TEXT NOT NULL,         -- the message clicked (stored or not yet)
+            clicked_at INTEGER NOT NULL,
+            recipient BLOB,                    -- keyed hash of who clicked ('to')
+            link TEXT,
+            import_id INTEGER REFERENCES imports(id)
+        );
+        CREATE INDEX clicks_message ON clicks(message_key);
+        CREATE INDEX clicks_recipient ON clicks(recipient, clicked_at) WHERE recipient IS NOT NULL;
+        -- One row per order, sign-up, appointment or lead, and what it is credited to.
+        CREATE TABLE conversions (
+            id INTEGER PRIMARY KEY,
+            order_key TEXT NOT NULL UNIQUE,    -- the order id: counted once
+            converted_at INTEGER NOT NULL,
+            type TEXT,                         -- sale, sign-up, appointment, lead (none given:
+                                               -- a sale, set as it is credited)
+            revenue_micros INTEGER,
+            currency TEXT,
+            cancelled INTEGER NOT NULL DEFAULT 0,   -- counts for nothing, kept
+            message_key TEXT,                  -- the message (or call) the row names
+            recipient BLOB,                    -- keyed hash of the customer's number
+            code TEXT,                         -- a discount code or UTM campaign
+            -- the credit, kept by metrics.attribution (a function of the stored data)
+            how TEXT,                          -- message, click, delivery, call, code; NULL: none
+            message_id INTEGER,                -- the message credited
+            call_id INTEGER,                   -- the call credited
+            campaign_id INTEGER,               -- the campaign credited
+            credited_at INTEGER,               -- when it counts: the event's time, or its own
+            note TEXT,                         -- why nothing could be credited
+            import_id INTEGER REFERENCES imports(id)
+        );
+        CREATE INDEX conversions_recipient ON conversions(recipient, converted_at)
+            WHERE recipient IS NOT NULL;
+        CREATE INDEX conversions_named ON conversions(message_key) WHERE message_key IS NOT NULL;
+        CREATE INDEX conversions_message ON conversions(message_id) WHERE message_id IS NOT NULL;
+        CREATE INDEX conversions_call ON conversions(call_id) WHERE call_id IS NOT NULL;
+        -- what a card reads: a campaign's conversions by when they count (covering)
+        CREATE INDEX conversions_campaign ON conversions(campaign_id, credited_at, how, cancelled,
+                                                         currency, revenue_micros);
+        CREATE INDEX conversions_uncredited ON conversions(type, cancelled) WHERE how IS NULL;
+        CREATE INDEX calls_recipient ON calls(recipient, started_at) WHERE recipient IS NOT NULL;
+        """)
+    if conn.execute("SELECT value FROM settings WHERE key = 'rollup_rebuild_pending'").fetchone():
+        rebuild(conn)
+        conn.execute("DELETE FROM settings WHERE key = 'rollup_rebuild_pending'")
 
 
 # The inbox database's schema (see Store.inbox): requests already handled (a signed

@@ -59,3 +59,17 @@ def bank_available() -> bool:
 
 
 os.environ.setdefault("KPIBOT_TEST", "1")
+
+
+def assert_attribution_exact(store: Store) -> None:
+    """Every conversion is credited as a from-scratch run would credit it, and every
+    message and call holds the sum of the conversions credited to it."""
+    from metrics import attribution
+    with store.transaction(dry_run=True) as conn:
+        assert attribution.credit(conn, "SELECT id FROM conversions").changed == 0
+    for table, link in (("messages", "message_id"), ("calls", "call_id")):
+        assert store.conn.execute(f"""
+            SELECT e.id, e.conversions, e.conversion_revenue_micros FROM {table} e
+            WHERE (e.conversions, e.conversion_revenue_micros) IS NOT (SELECT COUNT(*) FILTER (WHERE NOT c.cancelled), COALESCE(SUM(CASE WHEN
+                    c.cancelled THEN 0 ELSE COALESCE(c.revenue_micros, 0) END), 0)
+                    FROM conversions c WHERE c.{link} = e.id)""").fetchall() == []

@@ -5,6 +5,7 @@ twilio library's own RequestValidator; the applier runs as `kpibot serve` runs i
 step by step where a test needs to see the moment between two steps."""
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import itertools
 import json
@@ -34,6 +35,8 @@ from metrics.live import events as E
 from metrics.live.apply import CALL_RANK, MESSAGE_RANK, Applier, held_summary
 from metrics.sources import SourcesFile
 from metrics.store import Store
+
+from .conftest import assert_attribution_exact
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "12345"
@@ -506,19 +509,70 @@ def test_unassigned_events_are_kept_listed_and_applied_once_a_campaign_is_known(
     assert card(db, "spring")["opt_out_rate"]["numerator"] == 1
 
 
-def test_a_click_before_its_message_waits_for_it(manual, tmp_path):
+def test_a_click_before_its_message_is_kept_and_counts_when_it_arrives(manual, tmp_path):
     s = Store(manual.db)
     click = _ce("EZ9", "com.twilio.daptbt.link-shortening.link-clicked",
                 {"message_sid": "SM1", "to": phone(1), "link": "https://x.example",
-                 "click_time": "2026-12-01T10:00:00Z"})
+                 "click_time": "2026-12-01T10:00:00.125Z"})
     assert events_post(manual, [click])[0] == 200
     a = Applier(s)
-    assert a.run_once().held == 1
+    assert a.run_once().held == 0
+    assert s.conn.execute("SELECT message_key, clicked_at FROM clicks").fetchall() == [
+        ("SM1", 1796119200)]
     twilio_post(manual, "/twilio/messages/status?campaign=spring", status_form("SM1", "sent"))
     a.run_once()
-    assert a.retry_held().released == 1
     assert s.conn.execute("SELECT clicked FROM messages").fetchone() == (1,)
     assert_rollups_exact(s)
+    s.close()
+
+
+def test_conversions_arrive_live_and_are_credited(app):
+    """Messages, a click from Event Streams and orders on /ingest: the orders go to the
+    click's message, a delivery, or nowhere (listed); an order that arrives before its
+    message is credited when the message does; a repeat counts once, an update updates."""
+    rows = [_row(1, sent_at="2026-12-01T10:00:00Z"), _row(2, sent_at="2026-12-01T10:00:00Z")]
+    assert ingest(app, rows)[0] == 202
+    click = _ce("EZ1", "com.twilio.daptbt.link-shortening.link-clicked",
+                {"message_sid": "x1", "to": phone(1), "link": "https://shop.example/a",
+                 "click_time": "2026-12-01T10:05:00.000Z"})
+    assert events_post(app, [click])[0] == 200
+    orders = [
+        {"kind": "conversion", "order_id": "A", "converted_at": "2026-12-03T09:00:00Z",
+         "revenue": "40.00", "currency": "USD", "type": "sale", "recipient": phone(1)},
+        {"kind": "conversion", "order_id": "B", "converted_at": "2026-12-01T12:00:00Z",
+         "revenue": "10.00", "currency": "USD", "recipient": phone(2)},
+        {"kind": "conversion", "order_id": "C", "converted_at": "2026-12-01T12:00:00Z",
+         "revenue": "3.00", "currency": "USD", "type": "lead", "recipient": phone(5)},
+        {"kind": "conversion", "order_id": "D", "converted_at": dt_iso(int(time.time()) + 1800),
+         "revenue": "5.00", "currency": "USD", "recipient": phone(6)}]
+    status, body = ingest(app, orders)
+    assert status == 202, body
+    assert ingest(app, orders)[1]["repeat"] is True
+    app.settle()
+    m = card(app.db, "feed")
+    assert m["revenue"]["value"] == 50.0 and m["conversion_rate"]["numerator"] == 2
+    # D's message is stored after it: a status callback (its time is now, half an hour
+    # before the order), first 'sent' (no credit), then 'delivered'
+    twilio_post(app, "/twilio/messages/status?campaign=feed",
+                status_form("x6", "sent", to=phone(6)))
+    app.settle()
+    assert card(app.db, "feed")["revenue"]["value"] == 50.0
+    twilio_post(app, "/twilio/messages/status?campaign=feed",
+                status_form("x6", "delivered", to=phone(6)))
+    app.settle()
+    m = card(app.db, "feed")
+    assert m["revenue"]["value"] == 55.0
+    orders[0]["revenue"] = "45.00"
+    assert ingest(app, orders[:1])[0] == 202
+    app.settle()
+    m = card(app.db, "feed")
+    assert m["revenue"]["value"] == 60.0 and m["ctr"]["numerator"] == 1
+    from bot.command import Context, run
+    s = Store(app.db)
+    listed = run("list", Context(s))
+    assert "1 lead, 3.00 USD: no click or delivery to the customer" in listed.text
+    assert_rollups_exact(s)
+    assert_attribution_exact(s)
     s.close()
 
 
@@ -791,17 +845,25 @@ def test_rollups_stay_exact_under_a_random_stream_with_imports_between(tmp_path,
             elif kind < 0.85:
                 evs += E.twilio_inbound(inbound_form(f"IN{rng.randrange(10**6)}", to,
                                                      rng.choice(["STOP", "thanks", "HELP"])))
-            else:
+            elif kind < 0.95:
                 evs += E.cloud_events([_ce(f"EZ{rng.randrange(10**6)}",
                                            "com.twilio.daptbt.link-shortening.link-clicked",
                                            {"message_sid": sid, "to": to, "link": "l",
-                                            "click_time": "2026-12-01T00:00:00Z"})])[0]
+                                            "click_time": dt_iso(t - rng.randrange(7 * 86400))
+                                            })])[0]
+            else:       # an order, new or a later copy of one (with another amount)
+                evs += E.ingest_events([{
+                    "kind": "conversion", "order_id": f"o{rng.randrange(60)}",
+                    "converted_at": dt_iso(t + rng.randrange(-3 * 86400, 3 * 86400)),
+                    "revenue": f"{rng.randrange(1, 9999) / 100:.2f}", "recipient": to,
+                    "message_id": sid if rng.random() < 0.1 else ""}], "UTC")
         store.inbox_put(evs, t)
         t += 400
         while applier.run_once(limit=rng.choice([7, 50, 500])).events:
             pass
         applier.retry_held(force=True)
         assert_rollups_exact(store)
+        assert_attribution_exact(store)
         if round_ == 2:      # an import in between moves some messages on
             import_file(store, write("tw.csv", "Sid,From,To,Body,Status,SentDate,Direction\n"
                                      + "".join(f"SM{i},{OUR},{phone(i % 40)},hi,sent,"
@@ -809,7 +871,13 @@ def test_rollups_stay_exact_under_a_random_stream_with_imports_between(tmp_path,
                                                for i in range(0, 120, 3))),
                         campaign="a")
             assert_rollups_exact(store)
+            assert_attribution_exact(store)
+    assert store.conn.execute("SELECT COUNT(DISTINCT how) FROM conversions").fetchone()[0] >= 2
     store.close()
+
+
+def dt_iso(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # -- helpers ----------------------------------------------------------------------------

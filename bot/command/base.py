@@ -25,8 +25,10 @@ USAGE = {
              "alert remove <id> | alert snooze <id> <dur>",
     "digest": "/kpi digest add <daily or weekly <day>> <HH:MM> [<IANA tz>] [in #channel] | "
               "digest list | digest remove <id> | digest preview [daily]",
+    "attribution": "/kpi attribution [<campaign>] [click <dur>] [delivery <dur or off>] "
+                   "| attribution [<campaign>] reset",
 }
-STATE_CHANGING = ("goal", "northstar", "alert", "digest")
+STATE_CHANGING = ("goal", "northstar", "alert", "digest", "attribution")
 EXAMPLES = ["/kpi list", "/kpi black-friday", "/kpi black-friday 7d",
             "/kpi ab black-friday", "/kpi compare black-friday cyber-monday ctr",
             "/kpi top conversion_rate 30d",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import difflib
 
-from metrics import engine, kpis
+from metrics import attribution, engine, kpis
 from metrics.errors import UnknownCampaign
 from metrics.live.apply import held_summary
 from metrics.periods import is_period
@@ -23,7 +23,13 @@ def cmd_list(ctx: Context, args: list[Token]) -> Reply:
     out = text.campaign_list(rows)
     if held:
         out += "\n\n" + text.unassigned_list(held)
-    return Reply(out, {"campaigns": rows, "unassigned": held})
+    conn = ctx.store.conn
+    uncredited = attribution.uncredited(conn)
+    waiting = attribution.waiting_clicks(conn)
+    if uncredited or waiting:
+        out += "\n\n" + text.uncredited_list(uncredited, waiting)
+    return Reply(out, {"campaigns": rows, "unassigned": held, "uncredited": uncredited,
+                       "clicks_waiting_for_their_message": waiting})
 
 
 def cmd_goal(ctx: Context, args: list[Token]) -> Reply:

@@ -8,6 +8,7 @@ from metrics.errors import KpiBotError, UnknownCampaign
 
 from .. import text
 from .alerts import cmd_alert
+from .attribution import cmd_attribution
 from .base import EXAMPLES, USAGE, Context, Reply, UsageError
 from .cards import cmd_card, cmd_goal, cmd_list, cmd_northstar
 from .compare import cmd_ab, cmd_compare, cmd_top
@@ -32,6 +33,7 @@ COMMANDS: dict[str, Callable[[Context, list[Token]], Reply]] = {
     "ab": cmd_ab,
     "compare": cmd_compare,
     "top": cmd_top,
+    "attribution": cmd_attribution,
 }
 
 

@@ -40,7 +40,7 @@ def _spell(*names: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Format:
     name: str
-    kind: str                                  # message, call or daily
+    kind: str                                  # message, call, daily, click or conversion
     fields: dict[str, tuple[str, ...]]          # canonical field -> header spellings
     required: tuple[str, ...]
     keep_extras: bool                          # unmapped columns become attributes
@@ -59,8 +59,16 @@ DAILY_FIELDS = ("date", "campaign", "channel", "sent", "delivered", "failed", "c
                 "new_subscribers", "list_size", "calls_dialed", "calls_answered",
                 "calls_abandoned", "talk_seconds")
 
+# Clicks on links in messages (Twilio's link-shortening click event: format 7) and
+# conversions from a shop, form or CRM (format 8). ``cancelled`` and ``refunded`` are
+# optional: a cancelled order is kept and counts for nothing, a refund comes off revenue.
+CLICK_FIELDS = ("message_sid", "to", "link", "click_time")
+CONVERSION_FIELDS = ("order_id", "converted_at", "revenue", "currency", "type", "message_id",
+                     "recipient", "code", "cancelled", "refunded")
+
 # The canonical fields a mapping file may name, by its [source] format.
-FIELDS_BY_FORMAT = {"events": MESSAGE_FIELDS, "calls": CALL_FIELDS, "daily": DAILY_FIELDS}
+FIELDS_BY_FORMAT = {"events": MESSAGE_FIELDS, "calls": CALL_FIELDS, "daily": DAILY_FIELDS,
+                    "clicks": CLICK_FIELDS, "conversions": CONVERSION_FIELDS}
 
 FORMATS: dict[str, Format] = {
     "events": Format("events", "message", {f: _spell(f) for f in MESSAGE_FIELDS},
@@ -89,6 +97,20 @@ FORMATS: dict[str, Format] = {
          "from": _spell("from"), "to": _spell("to")},
         ("call_id", "started_at", "status", "direction", "from", "to"), keep_extras=False,
         twilio=True),
+    "clicks": Format(
+        "clicks", "click",
+        {"message_sid": _spell("message_sid", "MessageSid", "sms_sid"),
+         "to": _spell("to", "recipient"), "link": _spell("link", "url"),
+         "click_time": _spell("click_time", "clicked_at")},
+        ("message_sid", "click_time"), keep_extras=False),
+    "conversions": Format(
+        "conversions", "conversion",
+        {**{f: _spell(f) for f in CONVERSION_FIELDS},
+         "order_id": _spell("order_id", "order"),
+         "converted_at": _spell("converted_at", "conversion_time"),
+         "message_id": _spell("message_id", "message_sid"),
+         "recipient": _spell("recipient", "phone")},
+        ("order_id", "converted_at"), keep_extras=False),
 }
 
 # How a format is recognised from its header (normalised names), most specific first.
@@ -96,6 +118,8 @@ _DETECT: list[tuple[str, tuple[str, ...]]] = [
     ("twilio-messages", _spell("Sid", "SentDate")),
     ("twilio-messages", _spell("Sid", "NumSegments")),
     ("twilio-calls", _spell("sid", "start_time")),
+    ("clicks", _spell("message_sid", "click_time")),
+    ("conversions", _spell("order_id", "converted_at")),
     ("events", _spell("message_id", "sent_at")),
     ("events", _spell("campaign", "sent_at", "status")),
     ("calls", _spell("call_id", "started_at")),
@@ -126,6 +150,10 @@ DAILY_COLUMNS = ("campaign_id", "date", "channel", "sent", "delivered", "failed"
                  "conversions", "opt_outs", "replies", "complaints", "cost_micros",
                  "revenue_micros", "new_subscribers", "list_size", "calls_dialed",
                  "calls_answered", "calls_abandoned", "talk_seconds", "import_id")
+
+CLICK_COLUMNS = ("click_key", "message_key", "clicked_at", "recipient", "link", "import_id")
+CONVERSION_COLUMNS = ("order_key", "converted_at", "type", "revenue_micros", "currency",
+                      "cancelled", "message_key", "recipient", "code", "import_id")
 
 # "No value" in a built row. The writer's SQL turns it into NULL (NULLIF(?, '') on every
 # column that may be NULL): Python's sqlite3 binds str, int and bytearray directly but

@@ -18,7 +18,7 @@ _SECTIONS = {"source", "constants", "columns", "values", "attributes", "campaign
 class Mapping:
     path: Path
     delimiter: str | None = None
-    format: str | None = None                      # events, calls or daily
+    format: str | None = None                      # events, calls, daily, clicks, conversions
     constants: dict[str, str] = field(default_factory=dict)
     columns: dict[str, str] = field(default_factory=dict)
     values: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -60,8 +60,9 @@ def load_mapping(path: str | os.PathLike) -> Mapping:
             fmt = "calls"
         else:
             raise MappingError(f"{p.name}: [constants] channel must be sms or call, not '{channel}'")
-    if fmt not in ("events", "calls", "daily"):
-        raise MappingError(f"{p.name}: [source] format must be events, calls or daily, not '{fmt}'")
+    if fmt not in FIELDS_BY_FORMAT:
+        raise MappingError(f"{p.name}: [source] format must be one of "
+                           f"{', '.join(FIELDS_BY_FORMAT)}, not '{fmt}'")
     m.format = fmt
     if fmt == "daily" and channel:
         m.constants["channel"] = channel

@@ -311,7 +311,95 @@ def _daily_builder(fmt, ctx: Context, cols: Fields, extras):
     return build
 
 
+def _row_by_row(build_row: Callable[[Sequence[str]], tuple]
+                ) -> Callable[[Sequence[Sequence[str]]], list[list]]:
+    """A batch builder from a one-row builder (formats whose rows are few, or cost more to
+    read than to loop over)."""
+    def build(rows: Sequence[Sequence[str]]) -> list[list]:
+        built = [build_row(r) for r in rows]
+        return [list(col) for col in zip(*built)] if built else []
+    return build
+
+
+def _click_builder(fmt, ctx: Context, cols: Fields, extras):
+    """Click rows (format 7): the message clicked, when, by whom, which link."""
+    tz, labels, import_id = ctx.tz, cols.labels, ctx.import_id
+    g_sid, g_to, g_link, g_time = (cols.get("message_sid"), cols.get("to"), cols.get("link"),
+                                   cols.get("click_time"))
+    phones = ctx.phones
+
+    def build_row(fields: Sequence[str]) -> tuple:
+        col = "message_sid"
+        try:
+            sid = V.identifier(g_sid(fields), "message SID")
+            col = "click_time"
+            at = parse_time(g_time(fields), tz)
+            col = "to"
+            (rcpt, _, valid), = phones.cells([g_to(fields)])
+            col = "link"
+            link = g_link(fields).strip()
+            if len(link) > 4096:
+                raise V.BadValue("link is longer than 4,096 characters")
+        except (V.BadValue, ValueError, BadPhoneNumber) as exc:
+            raise RowProblem(labels.get(col, col), str(exc)) from None
+        phones.invalid += not valid
+        return (V.click_key(sid, at, link), sid, at, rcpt, link or NULL, import_id)
+
+    return _row_by_row(build_row)
+
+
+def _conversion_builder(fmt, ctx: Context, cols: Fields, extras):
+    """Conversion rows (format 8): an order (sign-up, appointment, lead), when, how much,
+    and what may claim it: the message it names, the customer's number, a code. Empty
+    values stay empty, so that a later copy of an order with fewer columns filled (the
+    line-item rows of a Shopify export) updates only what it has."""
+    tz, labels, import_id = ctx.tz, cols.labels, ctx.import_id
+    G = cols.get
+    g_id, g_at, g_rev, g_cur, g_type, g_msg, g_rcpt, g_code, g_cancel, g_refund = (
+        G("order_id"), G("converted_at"), G("revenue"), G("currency"), G("type"),
+        G("message_id"), G("recipient"), G("code"), G("cancelled"), G("refunded"))
+    phones = ctx.phones
+    m_money = Memo(lambda s: V.money(s)[0] if s.strip() else None)
+    m_text = Memo(V.text, null=True)
+    m_type = Memo(V.conversion_type, null=True)
+
+    def build_row(fields: Sequence[str]) -> tuple:
+        col = "order_id"
+        try:
+            order = V.identifier(g_id(fields), "order id")
+            col = "converted_at"
+            at = parse_time(g_at(fields), tz)
+            col = "type"
+            kind = m_type[g_type(fields)]
+            col = "revenue"
+            revenue = m_money[g_rev(fields)]
+            col = "refunded"
+            refunded = m_money[g_refund(fields)]
+            if revenue is not None and refunded is not None:
+                revenue -= abs(refunded)
+            col = "currency"
+            currency = m_text[g_cur(fields)]
+            col = "cancelled"
+            cancelled = V.cancelled(g_cancel(fields))
+            col = "message_id"
+            named = g_msg(fields).strip()
+            if named:
+                named = V.identifier(named, "message id")
+            col = "recipient"
+            (rcpt, _, valid), = phones.cells([g_rcpt(fields)])
+            col = "code"
+            code = V.text(g_code(fields))
+        except (V.BadValue, ValueError, BadPhoneNumber) as exc:
+            raise RowProblem(labels.get(col, col), str(exc)) from None
+        phones.invalid += not valid
+        return (order, at, kind, NULL if revenue is None else revenue, currency, cancelled,
+                named or NULL, rcpt, code or NULL, import_id)
+
+    return _row_by_row(build_row)
+
+
 # A format's kind -> the builder of its rows: (format, context, bound fields, extra
 # columns) -> build(a batch's rows) -> the batch's table columns.
 BUILDERS: dict[str, Callable[..., Callable[[Sequence[Sequence[str]]], list[list]]]] = {
-    "message": _message_builder, "call": _call_builder, "daily": _daily_builder}
+    "message": _message_builder, "call": _call_builder, "daily": _daily_builder,
+    "click": _click_builder, "conversion": _conversion_builder}

@@ -49,6 +49,7 @@ class ImportResult:
     import_id: int | None = None
     seen_before: str | None = None      # when this exact file was imported before
     dry_run: bool = False
+    attribution: str | None = None      # what the conversions looked at were credited to
 
     @property
     def rows_existing(self) -> int:
@@ -59,7 +60,10 @@ class ImportResult:
         verb = "would import" if self.dry_run else "imported"
         parts = [f"{self.file}: {verb} {self.rows_new:,} new row{'s' * (self.rows_new != 1)} "
                  f"({self.format})"]
-        if self.rows_existing:
+        if self.rows_existing and self.format.startswith("conversions"):
+            parts.append(f"{self.rows_existing:,} row{'s' * (self.rows_existing != 1)} of "
+                         "orders already counted (a later copy updates its order)")
+        elif self.rows_existing:
             parts.append(f"{self.rows_existing:,} already present (updated, counted once)")
         if self.rows_rejected:
             parts.append(f"{self.rows_rejected:,} rejected")
@@ -67,6 +71,8 @@ class ImportResult:
         if self.campaigns:
             shown = ", ".join(self.campaigns[:5]) + (" …" if len(self.campaigns) > 5 else "")
             line += f"; campaigns: {shown}"
+        if self.attribution:
+            line += f"\n  {self.attribution}"
         return line
 
 
@@ -206,6 +212,9 @@ def import_file(
                 else:
                     rollup.add_new_rows(max_before, counted, counted_upto)
                 rollup.finish()
+            credited = _attribute(conn, fmt.kind, import_id)
+            if credited is not None:
+                result.attribution = credited.summary() or None
             if attributes:
                 conn.executemany(
                     "INSERT OR IGNORE INTO attribute_names(campaign_id, kind, name) VALUES (?, ?, ?)",
@@ -234,6 +243,24 @@ def import_file(
             raise StoreError(no_space_message(store.path, exc)) from exc
         raise
     return result
+
+
+def _attribute(conn, kind: str, import_id: int):
+    """Clicks and conversions after a load: what the rows of this import (new or changed)
+    claim, or may now be claimed by (``metrics.attribution``). Nothing to do, and nothing
+    read, while the store has no clicks or conversions."""
+    from .. import attribution as A
+    from ..sources import SourcesFile
+    codes = dict(SourcesFile().get().codes)
+    scope = f"SELECT id FROM {TABLES[kind][0]} WHERE import_id = ?"
+    if kind in ("message", "call"):
+        return A.after_events(conn, kind, scope, (import_id,), codes)
+    if kind == "click":
+        return A.after_clicks(conn, scope, (import_id,), codes)
+    if kind == "conversion":
+        return A.credit(conn, "SELECT id FROM conversions WHERE import_id = ?", (import_id,),
+                        codes)
+    return None
 
 
 def _import_bulk(store: Store, path: str | os.PathLike, *, skip_bad_rows: bool,
@@ -275,6 +302,11 @@ def _format_of(src: CsvSource, format: str | None, campaign: str | None,
             + "). Name it with --format (" + ", ".join(FORMATS)
             + ") or describe the columns in a --map file.", file=src.name)
     fmt = FORMATS[fmt_name]
+    if campaign and fmt.kind in ("click", "conversion"):
+        raise ImportRejected(
+            f"--campaign does not apply to {fmt.name} files: a click belongs to its message, "
+            "and a conversion is credited to a message, or through its code to a campaign",
+            file=src.name)
     if fmt.twilio and not campaign and not senders:
         raise ImportRejected(
             "a Twilio export does not say which campaign its rows belong to: pass "

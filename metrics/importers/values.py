@@ -1,6 +1,7 @@
 """Parsers for single CSV values: flags, counts, money, statuses, directions, keywords."""
 from __future__ import annotations
 
+import hashlib
 import re
 from decimal import ROUND_HALF_EVEN, Context, Decimal, InvalidOperation
 
@@ -340,3 +341,49 @@ def sender_key(sender: str) -> str:
         return s
     digits = "".join(ch for ch in s if ch.isdigit())
     return digits or s
+
+
+# -- clicks and conversions (formats 7 and 8) ------------------------------------------------
+
+CONVERSION_TYPES = {"sale": "sale", "sales": "sale", "purchase": "sale", "order": "sale",
+                    "signup": "sign-up", "registration": "sign-up", "subscribe": "sign-up",
+                    "appointment": "appointment", "booking": "appointment",
+                    "schedule": "appointment", "lead": "lead"}
+MAX_ID = 200                        # characters of an order id or a message SID
+
+
+def conversion_type(s: str) -> str | None:
+    """sale, sign-up, appointment or lead (a few common synonyms too); None when empty (a
+    new conversion is then a sale, and a later copy of one keeps its type)."""
+    t = s.strip().lower().replace("-", "").replace("_", "").replace(" ", "")
+    if not t:
+        return None
+    hit = CONVERSION_TYPES.get(t)
+    if hit is None:
+        raise BadValue(f"type must be sale, sign-up, appointment or lead, not '{s.strip()[:30]}'")
+    return hit
+
+
+def cancelled(s: str) -> int:
+    """Whether an order is cancelled: a yes/true flag, or any time it was cancelled at."""
+    t = s.strip().lower()
+    if t in _FALSE:
+        return 0
+    return 1
+
+
+def identifier(s: str, what: str) -> str:
+    """An order id or message SID as stored: stripped, not empty, at most MAX_ID characters."""
+    t = s.strip()
+    if not t:
+        raise BadValue(f"no {what}")
+    if len(t) > MAX_ID:
+        raise BadValue(f"{what} is longer than {MAX_ID} characters")
+    return t
+
+
+def click_key(sid: str, clicked_at: int, link: str) -> str:
+    """What a click is known by: its message, second and link (a repeat of the same click,
+    from an export and from Event Streams, is one click)."""
+    h = hashlib.blake2b(link.strip().encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{sid}:{clicked_at}:{h}"

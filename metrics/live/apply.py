@@ -27,12 +27,15 @@ import sqlite3
 import time
 from typing import Any, Iterable
 
+from .. import attribution
 from ..errors import StoreError
 from ..importers.binding import Context
-from ..importers.fields import CALL_COLUMNS, FORMATS, MESSAGE_COLUMNS, NULL
+from ..importers.fields import FORMATS, NULL
 from ..importers.formats import bind
 from ..importers.parse import build_batch
-from ..importers.values import BadValue, call_status, sms_status
+from ..importers.values import BadValue, call_status, click_key, identifier, sms_status
+from ..importers.writer import TABLES, upsert_rows
+from ..times import parse_time
 from ..phones import BadPhoneNumber, PhoneHasher
 from ..reach import refresh_reach_pairs
 from ..replies import REPLY_WINDOW_S, reply_target
@@ -61,6 +64,8 @@ _KEYWORD_OF_OPT_OUT_TYPE = {"STOP": "opt_out", "START": "opt_in", "HELP": "help"
 # flags a message earns from other events (a reply, a STOP, a click): a later copy of the
 # message itself does not take them away
 _EARNED = ("replied", "opted_out", "clicked")
+# what a new row holds in the columns no builder fills (the conversions credited to it)
+_DEFAULTS = {"conversions": 0, "conversion_revenue_micros": 0, "conversion_types": 0}
 
 
 @dataclasses.dataclass
@@ -106,6 +111,7 @@ class _Table:
         self.old: dict[str, dict] = {}       # key -> the row as stored before the batch
         self.new: set[str] = set()           # keys inserted by the batch
         self.absent: set[str] = set()        # keys looked up ahead and not stored
+        self.written: set[int] = set()       # ids of the rows the batch wrote
 
     def prefetch(self, keys: Iterable[str]) -> None:
         """Read the stored rows of ``keys`` in a few queries, not one per event."""
@@ -145,7 +151,7 @@ class _Table:
     def put_new(self, row: dict) -> None:
         key = row[self.key]
         for c in self.columns:
-            row.setdefault(c, None)
+            row.setdefault(c, _DEFAULTS.get(c))
         self.rows[key] = row
         self.new.add(key)
 
@@ -195,6 +201,7 @@ class _Table:
             conn.execute("DROP TABLE temp.live_reach")
         touched = {r["campaign_id"] for r in inserts + updates}
         touched |= {self.old[r[self.key]]["campaign_id"] for r in updates}
+        self.written.update(r["id"] for r in inserts + updates)
         conn.execute(f"DROP TABLE temp.live_old_{self.table}")
         conn.execute(f"DROP TABLE temp.live_new_{self.table}")
         # what is written is the starting point of any further change in this batch
@@ -215,6 +222,8 @@ class _Batch:
         self._plans: dict[tuple, Any] = {}
         self._campaign_ids: dict[tuple[str, str], int] = {}
         self.replies: list[str] = []        # inbound keys to credit to what they answer
+        self.clicks: list[str] = []         # keys of the clicks stored by the batch
+        self.orders: list[str] = []         # order ids of the conversions it stored
         self.attributes: set[tuple[int, str, str]] = set()   # (campaign, kind, name)
 
     # -- building rows with the importer's builders ------------------------------------
@@ -242,7 +251,7 @@ class _Batch:
             e = errors[0]
             where = f"row {e.line}, " if len(fields) > 1 else ""
             raise Held(f"{where}{e.column}: {e.reason}")
-        names = MESSAGE_COLUMNS if FORMATS[fmt].kind == "message" else CALL_COLUMNS
+        names = TABLES[FORMATS[fmt].kind][1]
         out = []
         for values in zip(*columns):
             row = {c: (None if v == NULL else v) for c, v in zip(names, values)}
@@ -463,15 +472,34 @@ class _Batch:
                 row[col] = got[col]
 
     def _click(self, at: int, b: dict) -> None:
-        row = self.messages.get(b["sid"])
-        if row is None:
-            raise Held("the clicked message is not stored (yet): the click is applied when "
-                       "it arrives")
-        if not row["clicked"]:
+        """A click is kept whether or not its message is stored: it belongs to that message,
+        which counts as clicked as soon as it is (``attribution.mark_clicked``)."""
+        try:
+            sid = identifier(b.get("sid") or "", "message SID")
+            when = parse_time(b["at"]) if b.get("at") else at
+            phone = self.phones(b.get("to") or "")
+        except BadValue as exc:
+            raise Held(str(exc)) from None
+        except ValueError as exc:
+            raise Held(f"click_time: {exc}") from None
+        except BadPhoneNumber as exc:
+            raise Held(f"to: {exc}") from None
+        link = (b.get("link") or "").strip()
+        key = click_key(sid, when, link)
+        self.conn.execute(
+            "INSERT INTO clicks(click_key, message_key, clicked_at, recipient, link) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(click_key) DO NOTHING",
+            (key, sid, when, phone.hash if phone else None, link or None))
+        self.clicks.append(key)
+        row = self.messages.get(sid)
+        if row is not None and not row["clicked"] and row["direction"] == "outbound":
             row["clicked"] = 1
 
     def _rows(self, b: dict) -> None:
         kind, header, rows = b["kind"], b["header"], b["rows"]
+        if kind == "conversion":
+            self._conversions(header, rows)
+            return
         fmt = "events" if kind == "message" else "calls"
         table = self.messages if kind == "message" else self.calls
         rank = MESSAGE_RANK if kind == "message" else CALL_RANK
@@ -491,6 +519,15 @@ class _Batch:
                 stored["status"] = status  # ... but a status only moves forward,
             for f, v in kept.items():      # and what replies and clicks earned stays
                 stored[f] = max(stored[f] or 0, v)
+
+    def _conversions(self, header: list[str], rows: list[list[str]]) -> None:
+        """``/ingest`` conversion rows, stored as an import stores them (a later copy of an
+        order updates it); credited once the batch's messages are written."""
+        built = self._build("conversions", header, rows, None)
+        columns = TABLES["conversion"][1]
+        cells = [[NULL if r[c] is None else r[c] for c in columns] for r in built]
+        upsert_rows(self.conn, "conversion", [list(col) for col in zip(*cells)])
+        self.orders.extend(r["order_key"] for r in built)
 
     # -- replies -----------------------------------------------------------------------
     def _open_replies_to_new_messages(self, fresh: list[str]) -> None:
@@ -555,6 +592,27 @@ class _Batch:
         if self.replies or moved:
             self._credit_replies()
             touched |= self.messages.write()
+        return touched | self._attribute()
+
+    def _attribute(self) -> set[int]:
+        """Clicks and conversions: what the batch's messages, calls, clicks and orders claim
+        or may now be claimed by (``metrics.attribution``); last, once every row is
+        written. Returns the campaigns whose figures moved."""
+        conn, codes, touched = self.conn, dict(self.sources.codes), set()
+        ids = "SELECT value FROM json_each(?)"
+        for kind, table in (("message", self.messages), ("call", self.calls)):
+            if table.written:
+                touched |= attribution.after_events(
+                    conn, kind, ids, (json.dumps(sorted(table.written)),), codes).campaigns
+        if self.clicks:
+            touched |= attribution.credit(
+                conn, "SELECT c.id FROM conversions c WHERE c.recipient IN (SELECT recipient "
+                f"FROM clicks WHERE click_key IN ({ids}) AND recipient IS NOT NULL)",
+                (json.dumps(self.clicks),), codes).campaigns
+        if self.orders:
+            touched |= attribution.credit(
+                conn, f"SELECT id FROM conversions WHERE order_key IN ({ids})",
+                (json.dumps(self.orders),), codes).campaigns
         return touched
 
     def keep_attributes(self) -> None:

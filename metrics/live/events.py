@@ -219,7 +219,7 @@ def _cloud_event(ce: dict, kind: str, campaign: str | None) -> Event:
 
 # -- /ingest -----------------------------------------------------------------------------
 
-INGEST_FORMATS = {"message": "events", "call": "calls"}
+INGEST_FORMATS = {"message": "events", "call": "calls", "conversion": "conversions"}
 CLICK_FIELDS = ("message_sid", "to", "link", "click_time")
 
 
@@ -273,11 +273,6 @@ def ingest_events(rows: list, tz_name: str, region: str = "US") -> list[Event]:
                            "kind must be message, call, click or conversion"
                            + (f", not '{_text(kind, 30)}'" if kind is not None else "")})
             continue
-        if kind == "conversion":
-            errors.append({"row": n, "column": "kind", "reason":
-                           "conversion rows are not taken yet: orders arrive with the "
-                           "attribution work (kpibot issue 17); nothing was stored"})
-            continue
         by_kind.setdefault(kind, []).append((n, row))
     tz = zone(tz_name)
     tables: dict[str, tuple[list[str], list[list[str]]]] = {}
@@ -313,7 +308,8 @@ def ingest_events(rows: list, tz_name: str, region: str = "US") -> list[Event]:
                       ensure_ascii=False, separators=(",", ":"))
     digest = hashlib.sha256(body.encode()).hexdigest()
     out = []
-    order = {"message": 0, "call": 1, "click": 2}     # a click after the message it is on
+    # a click and a conversion after the messages they may belong to
+    order = {"message": 0, "call": 1, "click": 2, "conversion": 3}
     for kind, (h, r) in sorted(tables.items(), key=lambda kv: order[kv[0]]):
         if kind == "click":      # each click on its own: one whose message is not stored
             out.extend((f"ingest:{digest}:click:{n}", "ingest", _dump(c))   # yet waits alone
@@ -343,8 +339,8 @@ def validation_context(tz: dt.tzinfo, region: str) -> Context:
 
 def _check_rows(kind: str, header: list[str], cells: list[tuple[int, list[str]]],
                 tz: dt.tzinfo, region: str) -> list[dict]:
-    """The importer's checks of message or call rows: the same binding (required fields,
-    spellings) and the same row builders."""
+    """The importer's checks of message, call or conversion rows: the same binding
+    (required fields, spellings) and the same row builders."""
     fmt = FORMATS[INGEST_FORMATS[kind]]
     try:
         plan = bind(fmt, header, validation_context(tz, region))
