@@ -29,11 +29,12 @@ Recipients are matched on the keyed hash only (``phones``).
 """
 from __future__ import annotations
 
+import re
 import sqlite3
 from dataclasses import dataclass, field
 
 from .names import name_key
-from .rollup import KINDS, Rollup
+from .rollup import KINDS, Rollup, columns_read
 from .store import iso, utcnow
 
 CLICK_WINDOW_S = 5 * 86_400
@@ -205,18 +206,20 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
     conn.execute("CREATE TEMP TABLE attr_new (id INTEGER PRIMARY KEY, how TEXT, message_id "
                  "INTEGER, call_id INTEGER, campaign_id INTEGER, credited_at INTEGER, note TEXT)")
     open_ = "t.id NOT IN (SELECT id FROM temp.attr_new)"
+    # (CROSS JOIN keeps SQLite's join order: from the conversions looked at, index lookups
+    # for each; left to choose, it walked the whole recipient index of the messages)
     # 1. the message or call the conversion names
     conn.execute("""
         INSERT INTO temp.attr_new (id, how, message_id, campaign_id, credited_at)
         SELECT c.id, 'named', m.id, m.campaign_id, m.sent_at
-        FROM temp.attr_todo t JOIN conversions c ON c.id = t.id
-        JOIN messages m ON m.message_key = c.message_key
+        FROM temp.attr_todo t CROSS JOIN conversions c ON c.id = t.id
+        CROSS JOIN messages m ON m.message_key = c.message_key
         WHERE c.message_key IS NOT NULL""")
     conn.execute(f"""
         INSERT INTO temp.attr_new (id, how, call_id, campaign_id, credited_at)
         SELECT c.id, 'named', k.id, k.campaign_id, k.started_at
-        FROM temp.attr_todo t JOIN conversions c ON c.id = t.id
-        JOIN calls k ON k.call_key = c.message_key
+        FROM temp.attr_todo t CROSS JOIN conversions c ON c.id = t.id
+        CROSS JOIN calls k ON k.call_key = c.message_key
         WHERE c.message_key IS NOT NULL AND {open_}""")
     # 2. the message of the customer's latest click within the click window
     conn.execute(f"""
@@ -225,11 +228,11 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
             SELECT c.id, m.id AS mid, m.campaign_id AS cid, m.sent_at,
                    ROW_NUMBER() OVER (PARTITION BY c.id
                                       ORDER BY k.clicked_at DESC, m.message_key DESC) AS rank
-            FROM temp.attr_todo t JOIN conversions c ON c.id = t.id
-            JOIN clicks k ON k.recipient = c.recipient AND k.recipient IS NOT NULL
+            FROM temp.attr_todo t CROSS JOIN conversions c ON c.id = t.id
+            CROSS JOIN clicks k ON k.recipient = c.recipient AND k.recipient IS NOT NULL
                          AND k.clicked_at <= c.converted_at
                          AND k.clicked_at >= c.converted_at - ?
-            JOIN messages m ON m.message_key = k.message_key AND m.direction = 'outbound'
+            CROSS JOIN messages m ON m.message_key = k.message_key AND m.direction = 'outbound'
             JOIN temp.attr_win w ON w.campaign_id = m.campaign_id
             WHERE c.recipient IS NOT NULL AND {open_}
               AND c.converted_at - k.clicked_at <= w.click_s)
@@ -242,8 +245,8 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
                        PARTITION BY id ORDER BY at DESC, ekey DESC) AS rank FROM (
                 SELECT c.id, m.id AS mid, NULL AS kid, m.campaign_id AS cid, m.sent_at AS at,
                        m.message_key AS ekey
-                FROM temp.attr_todo t JOIN conversions c ON c.id = t.id
-                JOIN messages m INDEXED BY messages_recipient
+                FROM temp.attr_todo t CROSS JOIN conversions c ON c.id = t.id
+                CROSS JOIN messages m INDEXED BY messages_recipient
                      ON m.recipient = c.recipient AND m.direction = 'outbound'
                     AND m.recipient IS NOT NULL
                     AND m.sent_at <= c.converted_at AND m.sent_at >= c.converted_at - ?
@@ -252,10 +255,10 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
                   AND c.converted_at - m.sent_at <= w.delivery_s
                 UNION ALL
                 SELECT c.id, NULL, k.id, k.campaign_id, k.started_at, k.call_key
-                FROM temp.attr_todo t JOIN conversions c ON c.id = t.id
-                JOIN calls k INDEXED BY calls_recipient
-                     ON k.recipient = c.recipient AND k.recipient IS NOT NULL AND k.started_at <= c.converted_at
-                    AND k.started_at >= c.converted_at - ?
+                FROM temp.attr_todo t CROSS JOIN conversions c ON c.id = t.id
+                CROSS JOIN calls k INDEXED BY calls_recipient
+                     ON k.recipient = c.recipient AND k.recipient IS NOT NULL
+                    AND k.started_at <= c.converted_at AND k.started_at >= c.converted_at - ?
                 JOIN temp.attr_win w ON w.campaign_id = k.campaign_id
                 WHERE c.recipient IS NOT NULL AND {open_} AND k.status = 'completed'
                   AND (k.answered_by IS NULL OR k.answered_by IN ('', 'human'))
@@ -341,26 +344,29 @@ def _recount(conn: sqlite3.Connection, kind: str, ids_sql: str) -> set[int]:
             f"COALESCE(MAX(c.type = '{t}' AND NOT c.cancelled), 0) * {bit}"
             for t, bit in TYPE_BIT.items()) + " AS conversion_types"
     return set_event_columns(conn, kind, f"""
-        SELECT e.id, COALESCE(SUM(c.id IS NOT NULL AND NOT c.cancelled), 0) AS conversions,
-               COALESCE(SUM({_NET}), 0) AS conversion_revenue_micros{types}
+        SELECT x.{link} AS id, COALESCE(SUM(c.id IS NOT NULL AND NOT c.cancelled), 0)
+               AS conversions, COALESCE(SUM({_NET}), 0) AS conversion_revenue_micros{types}
         FROM (SELECT DISTINCT {link} FROM ({ids_sql})) AS x
-        JOIN {KINDS[kind].table} e ON e.id = x.{link}
-        LEFT JOIN conversions c ON c.{link} = e.id
-        GROUP BY e.id""", columns)
+        LEFT JOIN conversions c ON c.{link} = x.{link}
+        GROUP BY x.{link}""", columns)
 
 
 def set_event_columns(conn: sqlite3.Connection, kind: str, values_sql: str,
                       columns: tuple[str, ...], params: tuple = ()) -> set[int]:
     """Set ``columns`` of the events (messages or calls) to what ``values_sql`` gives
-    (``id`` and the columns, by name), where they differ, and bring the rollups along by
-    taking each changed event out as it was and putting it in as it is. Returns the
-    campaigns touched."""
+    (``id`` and the columns, by name), where they differ, and bring the rollups along:
+    each changed event is taken out of its cells as it was and put in as it is, for the
+    counters that read these columns only. Returns the campaigns touched."""
     k = KINDS[kind]
     table = k.table
+    counters = tuple(c for c in k.counters
+                     if set(re.findall(r"[a-z_]+", k.counters[c])) & set(columns))
+    table_columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+    read = ", ".join(f"e.{c}" for c in columns_read(k, counters, table_columns))
     _drop(conn, "attr_vals", "attr_old", "attr_now")
     conn.execute(f"CREATE TEMP TABLE attr_vals AS {values_sql}", params)
     differs = " OR ".join(f"e.{c} IS NOT v.{c}" for c in columns)
-    conn.execute(f"CREATE TEMP TABLE attr_old AS SELECT e.* FROM temp.attr_vals v "
+    conn.execute(f"CREATE TEMP TABLE attr_old AS SELECT e.id, {read} FROM temp.attr_vals v "
                  f"JOIN {table} e ON e.id = v.id WHERE {differs}")
     if not conn.execute("SELECT 1 FROM temp.attr_old LIMIT 1").fetchone():
         _drop(conn, "attr_vals", "attr_old")
@@ -370,9 +376,9 @@ def set_event_columns(conn: sqlite3.Connection, kind: str, values_sql: str,
     sets = ", ".join(f"{c} = v.{c}" for c in columns)
     conn.execute(f"UPDATE {table} SET {sets} FROM temp.attr_vals v WHERE {table}.id = v.id "
                  f"AND {table}.id IN (SELECT id FROM temp.attr_old)")
-    conn.execute(f"CREATE TEMP TABLE attr_now AS SELECT e.* FROM {table} e "
+    conn.execute(f"CREATE TEMP TABLE attr_now AS SELECT e.id, {read} FROM {table} e "
                  "WHERE e.id IN (SELECT id FROM temp.attr_old)")
-    Rollup(conn, k).apply_delta("temp.attr_old", "temp.attr_now")
+    Rollup(conn, k).apply_delta("temp.attr_old", "temp.attr_now", counters)
     touched = {c for (c,) in conn.execute("SELECT DISTINCT campaign_id FROM temp.attr_now")}
     _drop(conn, "attr_vals", "attr_old", "attr_now")
     return touched
@@ -478,30 +484,28 @@ def waiting_clicks(conn: sqlite3.Connection) -> int:
                         "messages m WHERE m.message_key = k.message_key)").fetchone()[0]
 
 
-def credited_by_how(conn: sqlite3.Connection, campaign_id: int, start: int, end: int
-                    ) -> dict[str, int]:
+def credited(conn: sqlite3.Connection, campaign_id: int, start: int, end: int
+             ) -> tuple[dict[str, int], list[str]]:
     """How a campaign's conversions in [start, end) (by the time they count at) were
-    credited: how -> conversions."""
-    return dict(conn.execute(
-        "SELECT how, COUNT(*) FROM conversions INDEXED BY conversions_campaign WHERE "
-        "campaign_id = ? AND credited_at >= ? AND credited_at < ? AND how IS NOT NULL "
-        "AND NOT cancelled GROUP BY how", (campaign_id, start, end)).fetchall())
-
-
-def credited_currencies(conn: sqlite3.Connection, campaign_id: int, start: int, end: int
-                        ) -> list[str]:
-    """The currencies of a campaign's conversions in [start, end)."""
-    return sorted(c for (c,) in conn.execute(
-        "SELECT DISTINCT currency FROM conversions INDEXED BY conversions_campaign WHERE "
-        "campaign_id = ? AND credited_at >= ? AND credited_at < ? AND how IS NOT NULL "
-        "AND currency IS NOT NULL", (campaign_id, start, end)))
+    credited (how -> conversions, in rule order), and their currencies: one pass over the
+    campaign's range of a covering index."""
+    by_how: dict[str, int] = {}
+    currencies = set()
+    for how, currency, n in conn.execute(
+            "SELECT how, currency, COUNT(*) FROM conversions INDEXED BY conversions_campaign "
+            "WHERE campaign_id = ? AND credited_at >= ? AND credited_at < ? "
+            "AND how IS NOT NULL AND NOT cancelled GROUP BY how, currency",
+            (campaign_id, start, end)):
+        by_how[how] = by_how.get(how, 0) + n
+        if currency:
+            currencies.add(currency)
+    return {h: by_how[h] for h in HOW if h in by_how}, sorted(currencies)
 
 
 def uncredited_by_type(conn: sqlite3.Connection) -> dict[str, int]:
-    """Store-wide: conversions nothing could be credited with, by type."""
-    return dict(conn.execute("SELECT type, COUNT(*) FROM conversions INDEXED BY "
-                             "conversions_uncredited WHERE how IS NULL AND NOT cancelled "
-                             "GROUP BY type "
+    """Store-wide: conversions nothing could be credited with, by type (kept by triggers,
+    see ``store.m006_attribution``: a card reads a few rows, however many there are)."""
+    return dict(conn.execute("SELECT type, n FROM uncredited_counts WHERE n > 0 "
                              "ORDER BY type").fetchall())
 
 

@@ -177,10 +177,8 @@ def _attribution(store: Store, camp: Campaign, period: Period) -> Attribution | 
     conn = store.conn
     if not attribution.has_conversions(conn):
         return None
-    by_how = attribution.credited_by_how(conn, camp.id, period.start, period.end)
-    return Attribution(attribution.windows_for(conn, camp.id),
-                       {h: by_how[h] for h in attribution.HOW if by_how.get(h)},
-                       attribution.credited_currencies(conn, camp.id, period.start, period.end),
+    by_how, currencies = attribution.credited(conn, camp.id, period.start, period.end)
+    return Attribution(attribution.windows_for(conn, camp.id), by_how, currencies,
                        attribution.uncredited_by_type(conn))
 
 
@@ -538,9 +536,11 @@ def _label(dim: str, key, tz: dt.tzinfo) -> str:
 
 def report(store: Store, campaign: str | Campaign, period: Period | None = None,
            by: str | None = None, *, now: int | None = None,
-           with_benchmarks: bool = True) -> Report:
+           with_benchmarks: bool = True, with_attribution: bool | None = None) -> Report:
     """Everything `/kpi <campaign> [period] [by D]` shows (``with_benchmarks``: and the
-    benchmarks beside its KPIs, which reads the team's benchmarks file)."""
+    benchmarks beside its KPIs, which reads the team's benchmarks file;
+    ``with_attribution``, by default as ``with_benchmarks``: and how its conversions were
+    credited)."""
     tz_name = store.timezone()
     tz = zone(tz_name)
     camp = campaign if isinstance(campaign, Campaign) else find_campaign(store, campaign)
@@ -572,7 +572,8 @@ def report(store: Store, campaign: str | Campaign, period: Period | None = None,
     rep = Report(camp, period, whole, tz_name, current, previous, prev_period, unit, trend)
     if with_benchmarks:
         rep.benchmarks = benchmarks.load(store.path)
-    rep.attribution = _attribution(store, camp, period)
+    if with_benchmarks if with_attribution is None else with_attribution:
+        rep.attribution = _attribution(store, camp, period)
     if by is not None:
         rep.dim = by
         # a dimension of one channel only (disposition, error) breaks down that channel

@@ -20,9 +20,10 @@ the other way round).
 """
 from __future__ import annotations
 
+import re
 import sqlite3
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -134,6 +135,14 @@ CALL = Kind(
 KINDS = {"message": MESSAGE, "call": CALL}
 
 
+def columns_read(kind: Kind, counters: tuple[str, ...], table_columns: list[str]) -> list[str]:
+    """The events table's columns that the cells and ``counters`` of ``kind`` are read from
+    (each column a counter's SQL names, by word)."""
+    words = set(re.findall(r"[a-z_]+", " ".join(kind.counters[c] for c in counters)))
+    wanted = {"campaign_id", kind.time, *kind.dims.values()} | words
+    return [c for c in table_columns if c in wanted]
+
+
 def _cube_select(kind: Kind, source: str, where: str) -> str:
     """One pass over events: counters grouped by campaign, slot and every dimension."""
     dims = ", ".join(f"{kind.dim_sql(name)} AS d_{name}" for name in kind.dims)
@@ -225,34 +234,44 @@ class Rollup:
             refresh_reach(conn, self.after_rowid)
             self.after_rowid = None
 
-    def apply_delta(self, old: str, new: str) -> None:
+    def apply_delta(self, old: str, new: str, counters: tuple[str, ...] | None = None) -> None:
         """Live changes (``metrics.live.apply``): ``old`` and ``new`` are tables shaped like
         the events table, holding the changed events as they were (absent when new) and
         as they are. Their counters are taken out and put in, cell by cell: a status
         callback costs a few rows of work, not a recount of its slot. The caller's own
         updates marked slots dirty through the triggers; this accounts for them, so the
-        marks are cleared (the transaction started with none)."""
+        marks are cleared (the transaction started with none).
+
+        ``counters``: only these can have changed (the events stayed in their cells, only
+        columns these read changed: the conversions credited to a message, say); the
+        tables need only the columns :func:`columns_read` names."""
         k, conn = self.kind, self.conn
+        if counters is not None:
+            k = replace(k, counters={c: k.counters[c] for c in counters})
         conn.execute(f"DROP TABLE IF EXISTS temp.{self.delta}")
         with self._overflow():
             conn.execute(f"CREATE TEMP TABLE {self.delta} AS "
                          + _cube_select(k, new, "true"))
             conn.execute(f"INSERT INTO temp.{self.delta} " + _cube_select(k, old, "true")
                          .replace("COALESCE(SUM(", "-COALESCE(SUM("))
-        self._merge(f"temp.{self.delta}", add=True)
-        count = next(iter(k.counters))      # 'messages' or 'calls': events in the cell
-        conn.execute(f"DELETE FROM {k.rollup} WHERE {count} = 0 AND (campaign_id, slot) IN "
-                     f"(SELECT campaign_id, slot FROM temp.{self.delta})")
+        self._merge(f"temp.{self.delta}", add=True, kind=k)
+        if counters is None:
+            count = next(iter(k.counters))      # 'messages' or 'calls': events in the cell
+            conn.execute(f"DELETE FROM {k.rollup} WHERE {count} = 0 AND (campaign_id, slot) "
+                         f"IN (SELECT campaign_id, slot FROM temp.{self.delta})")
         self._touched.update(cid for (cid,) in conn.execute(
             f"SELECT DISTINCT campaign_id FROM temp.{self.delta}"))
         conn.execute(f"DROP TABLE temp.{self.delta}")
         conn.execute("DELETE FROM rollup_dirty WHERE kind = ?", (k.name,))
         self._check_totals()
 
-    def _merge(self, cube: str, add: bool) -> None:
-        k = self.kind
-        sums = ", ".join(f"SUM({c})" for c in k.counters)
-        cols = ", ".join(k.counters)
+    def _merge(self, cube: str, add: bool, kind: Kind | None = None) -> None:
+        k = kind or self.kind
+        # counters left out of a partial delta are 0 in the row offered (the cell is there
+        # already, and only the others are added to it)
+        rest = [c for c in self.kind.counters if c not in k.counters]
+        sums = ", ".join([f"SUM({c})" for c in k.counters] + ["0"] * len(rest))
+        cols = ", ".join(list(k.counters) + rest)
         conflict = (" ON CONFLICT (campaign_id, dim, slot, key) DO UPDATE SET "
                     + ", ".join(f"{c} = {c} + excluded.{c}" for c in k.counters)) if add else ""
         for dim, key in [("", "''")] + [(d, f"d_{d}") for d in k.dims]:

@@ -67,6 +67,9 @@ def assert_attribution_exact(store: Store) -> None:
     from metrics import attribution
     with store.transaction(dry_run=True) as conn:
         assert attribution.credit(conn, "SELECT id FROM conversions").changed == 0
+    assert attribution.uncredited_by_type(store.conn) == dict(store.conn.execute(
+        "SELECT type, COUNT(*) FROM conversions WHERE how IS NULL AND NOT cancelled "
+        "GROUP BY type").fetchall())
     for table, link in (("messages", "message_id"), ("calls", "call_id")):
         assert store.conn.execute(f"""
             SELECT e.id, e.conversions, e.conversion_revenue_micros FROM {table} e

@@ -14,7 +14,7 @@ from metrics import engine, rollup
 from metrics.importers.run import import_file
 from metrics.store import Store
 
-from .conftest import rows
+from .conftest import assert_attribution_exact, rows
 
 T0 = int(dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.timezone.utc).timestamp())
 DAY, HOUR = 86_400, 3_600
@@ -72,7 +72,7 @@ def load(store, write, **files) -> list:
 
 
 def card(store: Store, campaign: str) -> dict:
-    return engine.report(store, campaign, with_benchmarks=False).as_json()
+    return engine.report(store, campaign, with_benchmarks=False, with_attribution=True).as_json()
 
 
 # -- the windows, edge by edge ------------------------------------------------------------------
@@ -289,6 +289,7 @@ def test_imports_in_any_order_give_the_same_answer(tmp_path, write):
         with store.transaction() as conn:
             rollup.rebuild(conn)
         assert rows(store, "SELECT * FROM message_rollup ORDER BY 1, 2, 3, 4") == before
+        assert_attribution_exact(store)
         store.close()
     assert all(s == states[0] for s in states[1:])
     s = states[0]
@@ -401,6 +402,7 @@ def test_a_store_made_before_attribution_is_upgraded_in_place(tmp_path, write):
         conn.execute("ALTER TABLE campaigns DROP COLUMN delivery_window_s")
         conn.execute("DROP TABLE clicks")
         conn.execute("DROP TABLE conversions")
+        conn.execute("DROP TABLE uncredited_counts")
         conn.execute("DROP INDEX calls_recipient")
         conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm006_attribution'")
     store.close()

@@ -86,6 +86,11 @@ class BulkLoad:
             conn.execute(f"DROP INDEX {name}")
         self._rebuild.extend(sql for _, sql in found)
 
+    def for_lookups(self, conn) -> None:
+        """What follows is index lookups all over the store (crediting conversions, see
+        ``metrics.attribution``): the big page cache again."""
+        conn.execute(f"PRAGMA cache_size=-{IMPORT_CACHE_KIB}")
+
     def rebuild_indexes(self, conn) -> None:
         """The load is over: what is left of the import is mostly sorting, so the small
         page cache from here on; then the indexes :meth:`suspend_indexes` dropped."""

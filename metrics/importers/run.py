@@ -212,7 +212,7 @@ def import_file(
                 else:
                     rollup.add_new_rows(max_before, counted, counted_upto)
                 rollup.finish()
-            credited = _attribute(conn, fmt.kind, import_id)
+            credited = _attribute(conn, fmt.kind, import_id, bulk)
             if credited is not None:
                 result.attribution = credited.summary() or None
             if attributes:
@@ -245,12 +245,16 @@ def import_file(
     return result
 
 
-def _attribute(conn, kind: str, import_id: int):
+def _attribute(conn, kind: str, import_id: int, bulk: BulkLoad):
     """Clicks and conversions after a load: what the rows of this import (new or changed)
     claim, or may now be claimed by (``metrics.attribution``). Nothing to do, and nothing
     read, while the store has no clicks or conversions."""
     from .. import attribution as A
     from ..sources import SourcesFile
+    if kind in ("message", "call") and not A.has_conversions(conn) and not (
+            kind == "message" and conn.execute("SELECT 1 FROM clicks LIMIT 1").fetchone()):
+        return None
+    bulk.for_lookups(conn)
     codes = dict(SourcesFile().get().codes)
     scope = f"SELECT id FROM {TABLES[kind][0]} WHERE import_id = ?"
     if kind in ("message", "call"):
