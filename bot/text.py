@@ -101,7 +101,8 @@ def shown_kpis(rep: Report, channel: str) -> list[kpis.Kpi]:
     for k in kpis.ordered(channel, rep.campaign.goal):
         v = sec.metrics[k.name]
         if v.value is None and k.name in ("list_growth_rate", "cost_per_subscriber") \
-                and not sec.counters.get("list_size_start") and not sec.counters.get("new_subscribers"):
+                and not sec.counters.get("list_size_start") and not sec.counters.get("new_subscribers") \
+                and not sec.counters.get("opted_in"):
             continue
         out.append(k)
     return out

@@ -107,6 +107,12 @@ def _revenue(c: Counters) -> float:
     return c.get("revenue_micros", 0) + c.get("conversion_revenue_micros", 0)
 
 
+def _subscribers(c: Counters) -> float:
+    """New subscribers: those a platform's daily totals report, and the numbers that opted
+    in by text (START, YES, UNSTOP)."""
+    return c.get("new_subscribers", 0) + c.get("opted_in", 0)
+
+
 def _revenue_minus_cost(c: Counters) -> float:
     return _revenue(c) - c.get("cost_micros", 0)
 
@@ -137,10 +143,10 @@ SMS = [
     Kpi("reach", "Reach", "sms", "count", _c("reach"), None, "up",
         "distinct recipients with a delivered message", distinct=True),
     Kpi("list_growth_rate", "List growth rate", "sms", "percent",
-        lambda c: c.get("new_subscribers", 0) - c.get("opted_out", 0), _c("list_size_start"),
-        "up", "(new subscribers - opt-outs) / list size at period start"),
+        lambda c: _subscribers(c) - c.get("opted_out", 0), _c("list_size_start"),
+        "up", "(new subscribers and opt-ins - opt-outs) / list size at period start"),
     Kpi("cost_per_subscriber", "Cost per subscriber", "sms", "money", _cost,
-        _c("new_subscribers"), "down", "cost / new subscribers"),
+        _subscribers, "down", "cost / new subscribers"),
 ]
 
 CALLS = [

@@ -97,6 +97,8 @@ MESSAGE = Kind(
         "replied": "direction = 'outbound' AND replied > 0",
         "complaints": "direction = 'outbound' AND spam_complaint > 0",
         "inbound": "direction = 'inbound'",
+        # START, YES, UNSTOP: a number joins (or rejoins) the list
+        "opted_in": "direction = 'inbound' AND keyword = 'opt_in'",
         "cost_micros": "COALESCE(cost_micros, 0)",
         "revenue_micros": "COALESCE(revenue_micros, 0)",
         # conversions credited to the message from the orders imported (metrics.attribution)

@@ -352,17 +352,21 @@ def m006_attribution(db: "sqlite_utils.Database") -> None:
     if not _has_columns(conn, "calls", ("conversion_types",)):
         # the types of the conversions credited to a call, one bit each (attribution.TYPE_BIT)
         conn.execute("ALTER TABLE calls ADD COLUMN conversion_types INTEGER NOT NULL DEFAULT 0")
-    from .rollup import KINDS, rebuild
-    recount = []
-    for kind in KINDS.values():     # a rollup table made before these counters existed
+    from .rollup import KINDS, Rollup, rebuild, slot_sql
+    # A rollup table made before these counters existed gets them. What they count in the
+    # events already stored (opt-in replies, lead dispositions) is counted again in the
+    # slots that hold any: those slots are marked for a recount.
+    recount = {"message": "keyword = 'opt_in'", "call": "disposition IS NOT NULL"}
+    for kind in KINDS.values():
         have = {r[1] for r in conn.execute(f"PRAGMA table_info({kind.rollup})")}
-        for counter in kind.counters:
-            if counter not in have:
-                conn.execute(f"ALTER TABLE {kind.rollup} ADD COLUMN {counter} INTEGER NOT NULL "
-                             "DEFAULT 0")
-                recount.append(kind.name)
-    if "call" in recount:      # leads: counted from the dispositions already stored
-        rebuild(conn, "call")
+        added = [c for c in kind.counters if c not in have]
+        for counter in added:
+            conn.execute(f"ALTER TABLE {kind.rollup} ADD COLUMN {counter} INTEGER NOT NULL "
+                         "DEFAULT 0")
+        if added:
+            conn.execute(f"INSERT OR IGNORE INTO rollup_dirty SELECT '{kind.name}', campaign_id, "
+                         f"{slot_sql(kind.time)} FROM {kind.table} WHERE {recount[kind.name]}")
+            Rollup(conn, kind).finish()
     db.executescript(
         """
         ALTER TABLE campaigns ADD COLUMN click_window_s INTEGER;     -- NULL: the team's

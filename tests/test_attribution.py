@@ -526,3 +526,48 @@ def test_leads_and_the_lead_to_sale_rate_of_a_call_campaign(store, write):
     leads = {b["disposition"]: b["metrics"]["leads"]["value"] for b in by["breakdown"]}
     assert leads == {"Hot lead": 1, "Lead": 1, "Callback": 1, "Not interested": 0,
                      "Misleading number": 0}
+
+
+def test_hostile_conversion_and_click_values_are_bad_rows(store, write):
+    from metrics.errors import ImportRejected
+    long_id = "#" + "9" * 300
+    body = ("order_id,converted_at,revenue,currency,recipient,code\n"
+            f"{long_id},{at(T0)},1,USD,,\n"
+            f"#2,{at(T0)},1,<!channel>,,\n"
+            f"#3,{at(T0)},$5.00,EUR,,\n"
+            f"#4,{at(T0)},1e308,USD,,\n"
+            f"#5,{at(T0)},1,USD,call me maybe,\n"
+            f"#6,{at(T0)},1,usd,,\"SPRING\x0710\"\n")
+    with pytest.raises(ImportRejected) as e:
+        import_file(store, write("o.csv", body))
+    got = [(x.line, x.column) for x in e.value.errors]
+    assert got == [(2, "order_id"), (3, "currency"), (4, "revenue"), (5, "revenue"),
+                   (6, "recipient")]
+    assert "call me maybe" not in str(e.value)
+    r = import_file(store, write("o2.csv", body), skip_bad_rows=True)
+    assert r.rows_new == 1
+    assert rows(store, "SELECT currency, code FROM conversions") == [("USD", "SPRING10")]
+    clicks = ("message_sid,to,link,click_time\n"
+              f"SM1,{ANN},https://x/{'a' * 5000},{at(T0)}\n"
+              f",{ANN},https://x,{at(T0)}\n"
+              f"SM1,{ANN},https://x,not a time\n")
+    with pytest.raises(ImportRejected) as e:
+        import_file(store, write("c.csv", clicks))
+    assert [(x.line, x.column) for x in e.value.errors] == [
+        (2, "link"), (3, "message_sid"), (4, "click_time")]
+
+
+def test_list_growth_counts_opt_ins_and_opt_outs_by_text(store, write):
+    """START, YES, UNSTOP are new subscribers, STOP an opt-out; the list size at the start
+    comes from daily totals."""
+    load(store, write, m="campaign,message_id,sent_at,recipient,status,direction,body\n"
+         f"spring,SM1,{at(T0)},{ANN},delivered,outbound,hi\n"
+         f"spring,IN1,{at(T0 + HOUR)},{ANN},received,inbound,START\n"
+         f"spring,IN2,{at(T0 + HOUR)},{BOB},received,inbound,stop\n"
+         f"spring,IN3,{at(T0 + 2 * HOUR)},{CAT},received,inbound,Yes\n"
+         f"spring,IN4,{at(T0 + 2 * HOUR)},{CAT},received,inbound,thanks\n",
+         d="date,campaign,sent,list_size\n2026-03-02,spring,0,200\n")
+    got = card(store, "spring")["metrics"]
+    g = got["list_growth_rate"]
+    assert (g["numerator"], g["denominator"], g["value"]) == (1, 200, 0.005)
+    assert got["cost_per_subscriber"]["denominator"] == 2

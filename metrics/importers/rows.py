@@ -359,8 +359,8 @@ def _conversion_builder(fmt, ctx: Context, cols: Fields, extras):
         G("order_id"), G("converted_at"), G("revenue"), G("currency"), G("type"),
         G("message_id"), G("recipient"), G("code"), G("cancelled"), G("refunded"))
     phones = ctx.phones
-    m_money = Memo(lambda s: V.money(s)[0] if s.strip() else None)
-    m_text = Memo(V.text, null=True)
+    m_money = Memo(lambda s: V.money(s) if s.strip() else (None, None))
+    m_currency = Memo(V.iso_currency, null=True)
     m_type = Memo(V.conversion_type, null=True)
 
     def build_row(fields: Sequence[str]) -> tuple:
@@ -371,14 +371,20 @@ def _conversion_builder(fmt, ctx: Context, cols: Fields, extras):
             at = parse_time(g_at(fields), tz)
             col = "type"
             kind = m_type[g_type(fields)]
-            col = "revenue"
-            revenue = m_money[g_rev(fields)]
-            col = "refunded"
-            refunded = m_money[g_refund(fields)]
+            col = "currency"
+            currency = m_currency[g_cur(fields)]
+            amounts = []
+            for col, g in (("revenue", g_rev), ("refunded", g_refund)):
+                raw = g(fields)
+                micros, mark = m_money[raw]
+                if mark is not None and currency:   # $12 in a EUR row
+                    why = V.currency_conflict(raw, mark, currency)
+                    if why:
+                        raise V.BadValue(why)
+                amounts.append(micros)
+            revenue, refunded = amounts
             if revenue is not None and refunded is not None:
                 revenue -= abs(refunded)
-            col = "currency"
-            currency = m_text[g_cur(fields)]
             col = "cancelled"
             cancelled = V.cancelled(g_cancel(fields))
             col = "message_id"

@@ -364,6 +364,20 @@ def conversion_type(s: str) -> str | None:
     return hit
 
 
+_ISO_CURRENCY = re.compile(r"[A-Z]{3}")
+
+
+def iso_currency(s: str) -> str | None:
+    """A currency as an ISO 4217 code (``usd`` -> ``USD``); None when empty."""
+    t = s.strip().upper()
+    if not t:
+        return None
+    if not _ISO_CURRENCY.fullmatch(t):
+        raise BadValue(f"currency must be a 3-letter ISO 4217 code (USD, EUR), not "
+                       f"'{s.strip()[:20]}'")
+    return t
+
+
 def cancelled(s: str) -> int:
     """Whether an order is cancelled: a yes/true flag, or any time it was cancelled at."""
     t = s.strip().lower()
