@@ -204,7 +204,8 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
         "SELECT COALESCE(MAX(click_s), 0), COALESCE(MAX(delivery_s), 0) FROM temp.attr_win"
     ).fetchone()
     conn.execute("CREATE TEMP TABLE attr_new (id INTEGER PRIMARY KEY, how TEXT, message_id "
-                 "INTEGER, call_id INTEGER, campaign_id INTEGER, credited_at INTEGER, note TEXT)")
+                 "INTEGER, call_id INTEGER, campaign_id INTEGER, credited_at INTEGER, note TEXT, "
+                 "counted_as TEXT)")
     open_ = "t.id NOT IN (SELECT id FROM temp.attr_new)"
     # (CROSS JOIN keeps SQLite's join order: from the conversions looked at, index lookups
     # for each; left to choose, it walked the whole recipient index of the messages)
@@ -301,13 +302,30 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
         SELECT c.message_id, c.call_id, c.campaign_id FROM temp.attr_todo t
         JOIN conversions c ON c.id = t.id
         UNION SELECT message_id, call_id, campaign_id FROM temp.attr_new""")
+    # the uncredited counts: what the conversions looked at counted as before, out; what
+    # they count as now, in
+    conn.execute("UPDATE temp.attr_new SET counted_as = (SELECT c.type FROM conversions c "
+                 "WHERE c.id = attr_new.id AND NOT c.cancelled) WHERE how IS NULL")
+    delta: dict[str, int] = {}
+    for sql, sign in (("SELECT c.counted_as, COUNT(*) FROM temp.attr_todo t JOIN conversions c "
+                       "ON c.id = t.id WHERE c.counted_as IS NOT NULL GROUP BY 1", -1),
+                      ("SELECT counted_as, COUNT(*) FROM temp.attr_new "
+                       "WHERE counted_as IS NOT NULL GROUP BY 1", 1)):
+        for typ, n in conn.execute(sql):
+            delta[typ] = delta.get(typ, 0) + sign * n
+    conn.executemany("INSERT INTO uncredited_counts VALUES (?, ?) ON CONFLICT(type) "
+                     "DO UPDATE SET n = n + excluded.n",
+                     [(t, n) for t, n in sorted(delta.items()) if n])
     out.changed = conn.execute("""
         UPDATE conversions SET how = n.how, message_id = n.message_id, call_id = n.call_id,
-            campaign_id = n.campaign_id, credited_at = n.credited_at, note = n.note
+            campaign_id = n.campaign_id, credited_at = n.credited_at, note = n.note,
+            counted_as = n.counted_as
         FROM temp.attr_new n WHERE conversions.id = n.id AND
             (conversions.how, conversions.message_id, conversions.call_id,
-             conversions.campaign_id, conversions.credited_at, conversions.note)
-            IS NOT (n.how, n.message_id, n.call_id, n.campaign_id, n.credited_at, n.note)
+             conversions.campaign_id, conversions.credited_at, conversions.note,
+             conversions.counted_as)
+            IS NOT (n.how, n.message_id, n.call_id, n.campaign_id, n.credited_at, n.note,
+                    n.counted_as)
         """).rowcount
     counts = dict(conn.execute("SELECT n.how, COUNT(*) FROM temp.attr_new n JOIN conversions c "
                                "ON c.id = n.id WHERE n.how IS NOT NULL AND NOT c.cancelled "
@@ -364,18 +382,20 @@ def set_event_columns(conn: sqlite3.Connection, kind: str, values_sql: str,
     table_columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
     read = ", ".join(f"e.{c}" for c in columns_read(k, counters, table_columns))
     _drop(conn, "attr_vals", "attr_old", "attr_now")
-    conn.execute(f"CREATE TEMP TABLE attr_vals AS {values_sql}", params)
+    # in id order: the events are then read and written page by page, each page once
+    conn.execute(f"CREATE TEMP TABLE attr_vals AS SELECT * FROM ({values_sql}) ORDER BY id",
+                 params)
     differs = " OR ".join(f"e.{c} IS NOT v.{c}" for c in columns)
     conn.execute(f"CREATE TEMP TABLE attr_old AS SELECT e.id, {read} FROM temp.attr_vals v "
-                 f"JOIN {table} e ON e.id = v.id WHERE {differs}")
+                 f"CROSS JOIN {table} e ON e.id = v.id WHERE {differs} ORDER BY v.id")
     if not conn.execute("SELECT 1 FROM temp.attr_old LIMIT 1").fetchone():
         _drop(conn, "attr_vals", "attr_old")
         return set()
     if conn.execute("SELECT 1 FROM rollup_dirty WHERE kind = ? LIMIT 1", (kind,)).fetchone():
         Rollup(conn, k).finish()      # the delta below assumes no slot waits for a recount
     sets = ", ".join(f"{c} = v.{c}" for c in columns)
-    conn.execute(f"UPDATE {table} SET {sets} FROM temp.attr_vals v WHERE {table}.id = v.id "
-                 f"AND {table}.id IN (SELECT id FROM temp.attr_old)")
+    conn.execute(f"UPDATE {table} SET {sets} FROM temp.attr_old o CROSS JOIN temp.attr_vals v "
+                 f"ON v.id = o.id WHERE {table}.id = o.id")
     conn.execute(f"CREATE TEMP TABLE attr_now AS SELECT e.id, {read} FROM {table} e "
                  "WHERE e.id IN (SELECT id FROM temp.attr_old)")
     Rollup(conn, k).apply_delta("temp.attr_old", "temp.attr_now", counters)
@@ -387,10 +407,13 @@ def set_event_columns(conn: sqlite3.Connection, kind: str, values_sql: str,
 def mark_clicked(conn: sqlite3.Connection, scope_sql: str, params: tuple = ()) -> set[int]:
     """Messages (those ``scope_sql`` selects: ids) that have a stored click count as
     clicked; a click's recipient, when the click did not say, is its message's."""
-    conn.execute(f"""
-        UPDATE clicks SET recipient = m.recipient FROM messages m
-        WHERE clicks.recipient IS NULL AND m.message_key = clicks.message_key
-          AND m.recipient IS NOT NULL AND m.id IN ({scope_sql})""", params)
+    if conn.execute("SELECT 1 FROM clicks WHERE recipient IS NULL LIMIT 1").fetchone():
+        conn.execute(f"""
+            UPDATE clicks SET recipient = (SELECT m.recipient FROM messages m
+                                           WHERE m.message_key = clicks.message_key)
+            WHERE recipient IS NULL AND message_key IN (
+                SELECT message_key FROM messages WHERE id IN ({scope_sql})
+                AND recipient IS NOT NULL)""", params)
     return set_event_columns(conn, "message", f"""
         SELECT m.id, 1 AS clicked FROM messages m WHERE m.id IN ({scope_sql})
         AND m.clicked = 0 AND m.direction = 'outbound'
@@ -503,8 +526,8 @@ def credited(conn: sqlite3.Connection, campaign_id: int, start: int, end: int
 
 
 def uncredited_by_type(conn: sqlite3.Connection) -> dict[str, int]:
-    """Store-wide: conversions nothing could be credited with, by type (kept by triggers,
-    see ``store.m006_attribution``: a card reads a few rows, however many there are)."""
+    """Store-wide: conversions nothing could be credited with, by type (kept by
+    :func:`credit`: a card reads a few rows, however many there are)."""
     return dict(conn.execute("SELECT type, n FROM uncredited_counts WHERE n > 0 "
                              "ORDER BY type").fetchall())
 

@@ -403,6 +403,7 @@ def m006_attribution(db: "sqlite_utils.Database") -> None:
             campaign_id INTEGER,               -- the campaign credited
             credited_at INTEGER,               -- when it counts: the event's time, or its own
             note TEXT,                         -- why nothing could be credited
+            counted_as TEXT,                   -- its type in uncredited_counts (NULL: not there)
             import_id INTEGER REFERENCES imports(id)
         );
         CREATE INDEX conversions_recipient ON conversions(recipient, converted_at)
@@ -416,32 +417,12 @@ def m006_attribution(db: "sqlite_utils.Database") -> None:
             WHERE campaign_id IS NOT NULL;
         CREATE INDEX conversions_uncredited ON conversions(type, cancelled) WHERE how IS NULL;
         -- How many conversions nothing could credit, by type: every card shows it, and a
-        -- shop's export may hold millions (most orders come from elsewhere). Kept by the
-        -- triggers below whatever writes the conversions.
+        -- shop's export may hold millions (most orders come from elsewhere). Kept by
+        -- metrics.attribution.credit, from each conversion's counted_as.
         CREATE TABLE uncredited_counts (
             type TEXT PRIMARY KEY,
             n INTEGER NOT NULL
         ) WITHOUT ROWID;
-        CREATE TRIGGER conversions_uncredited_insert AFTER INSERT ON conversions
-        WHEN new.how IS NULL AND NOT new.cancelled BEGIN
-            INSERT INTO uncredited_counts VALUES (COALESCE(new.type, 'sale'), 1)
-            ON CONFLICT(type) DO UPDATE SET n = n + 1;
-        END;
-        CREATE TRIGGER conversions_uncredited_update AFTER UPDATE OF how, type, cancelled
-        ON conversions
-        WHEN ((old.how IS NULL AND NOT old.cancelled) IS NOT (new.how IS NULL AND NOT new.cancelled))
-          OR (old.how IS NULL AND NOT old.cancelled AND old.type IS NOT new.type)
-        BEGIN
-            UPDATE uncredited_counts SET n = n - 1
-            WHERE old.how IS NULL AND NOT old.cancelled AND type = COALESCE(old.type, 'sale');
-            INSERT INTO uncredited_counts SELECT COALESCE(new.type, 'sale'), 1
-            WHERE new.how IS NULL AND NOT new.cancelled
-            ON CONFLICT(type) DO UPDATE SET n = n + 1;
-        END;
-        CREATE TRIGGER conversions_uncredited_delete AFTER DELETE ON conversions
-        WHEN old.how IS NULL AND NOT old.cancelled BEGIN
-            UPDATE uncredited_counts SET n = n - 1 WHERE type = COALESCE(old.type, 'sale');
-        END;
         CREATE INDEX calls_recipient ON calls(recipient, started_at) WHERE recipient IS NOT NULL;
         """)
     if conn.execute("SELECT value FROM settings WHERE key = 'rollup_rebuild_pending'").fetchone():

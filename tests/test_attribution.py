@@ -571,3 +571,18 @@ def test_list_growth_counts_opt_ins_and_opt_outs_by_text(store, write):
     g = got["list_growth_rate"]
     assert (g["numerator"], g["denominator"], g["value"]) == (1, 200, 0.005)
     assert got["cost_per_subscriber"]["denominator"] == 2
+
+
+def test_a_large_load_of_orders_sets_its_indexes_aside_and_back(store, write, monkeypatch):
+    """Above the bulk size, the conversions' secondary indexes are dropped for the load and
+    its credit, and made again: the same answer, the same schema."""
+    from metrics.importers import run as run_mod
+    schema = rows(store, "SELECT name, sql FROM sqlite_schema WHERE tbl_name = 'conversions' "
+                         "ORDER BY name")
+    monkeypatch.setattr(run_mod, "SUSPEND_INDEX_ROWS", 1)
+    load(store, write, **FILES)
+    assert rows(store, "SELECT name, sql FROM sqlite_schema WHERE tbl_name = 'conversions' "
+                       "ORDER BY name") == schema
+    assert credit_of(store, "#1") == ("click", "SM1", "spring")
+    assert_attribution_exact(store)
+    assert rows(store, "PRAGMA integrity_check") == [("ok",)]

@@ -39,6 +39,7 @@ class BulkLoad:
         self.conn = store.conn
         self.batches = 0
         self._rebuild: list[str] = []
+        self._late: list[str] = []
 
     def __enter__(self) -> "BulkLoad":
         conn = self.conn
@@ -66,7 +67,7 @@ class BulkLoad:
             gc.collect(1)
 
     def suspend_indexes(self, conn, table: str, new_rows: int, existing: int,
-                        min_rows: int = SUSPEND_INDEX_ROWS) -> None:
+                        min_rows: int = SUSPEND_INDEX_ROWS, late: tuple[str, ...] = ()) -> None:
         """For a bulk load (``new_rows`` of at least ``min_rows``, and at least a quarter of
         the ``existing``), drop the table's time, reach and recipient indexes; :meth:`rebuild_indexes`
         makes them again.
@@ -85,6 +86,20 @@ class BulkLoad:
         for name, _ in found:
             conn.execute(f"DROP INDEX {name}")
         self._rebuild.extend(sql for _, sql in found)
+        # ``late``: indexes that what follows the load does not read, and updates (the
+        # credit of the conversions loaded): made again by :meth:`rebuild_late`, after that
+        for name, sql in conn.execute(
+                "SELECT name, sql FROM sqlite_schema WHERE type = 'index' AND tbl_name = ? "
+                f"AND name IN ({', '.join('?' * len(late))})", (table, *late)).fetchall():
+            conn.execute(f"DROP INDEX {name}")
+            self._late.append(sql)
+
+    def rebuild_late(self, conn) -> None:
+        """The indexes :meth:`suspend_indexes` kept apart until the end."""
+        conn.execute(f"PRAGMA cache_size=-{SORT_CACHE_KIB}")
+        for sql_create in self._late:
+            conn.execute(sql_create)
+        self._late = []
 
     def for_lookups(self, conn) -> None:
         """What follows is index lookups all over the store (crediting conversions, see

@@ -29,6 +29,10 @@ from .writer import TABLES, BatchWriter
 PARALLEL_BYTES = 4 << 20       # files this big are parsed in a second process
 
 BULK = "twilio-bulk"          # Twilio BulkExport day files (see twilio_bulk)
+# Indexes of a kind's table that crediting a large load does not read but updates row by
+# row: made again after it (``BulkLoad.suspend_indexes``)
+LATE_INDEXES = {"conversion": ("conversions_named", "conversions_call", "conversions_campaign",
+                               "conversions_uncredited")}
 FORMAT_NAMES = tuple(FORMATS) + (BULK,)
 
 
@@ -157,7 +161,7 @@ def import_file(
                 senders=senders)
             max_before = conn.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
             bulk.suspend_indexes(conn, table, src.estimated_rows(), max_before,
-                                 min_rows=SUSPEND_INDEX_ROWS)
+                                 min_rows=SUSPEND_INDEX_ROWS, late=LATE_INDEXES.get(fmt.kind, ()))
             errors = result.errors
             writer = BatchWriter(conn, fmt.kind, import_id,
                                  {cid for cid, _ in job.campaigns.values()})
@@ -215,6 +219,7 @@ def import_file(
             credited = _attribute(conn, fmt.kind, import_id, bulk)
             if credited is not None:
                 result.attribution = credited.summary() or None
+            bulk.rebuild_late(conn)
             if attributes:
                 conn.executemany(
                     "INSERT OR IGNORE INTO attribute_names(campaign_id, kind, name) VALUES (?, ?, ?)",
