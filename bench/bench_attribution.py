@@ -90,7 +90,8 @@ def make_files(copies: int, span: int, clicks: int, conversions: int, seed: int 
 
 
 def run_import(db: Path, path: Path, sources: Path) -> tuple[float, float, str]:
-    """``kpibot import`` in its own process: (wall seconds, peak RSS MB, its summary)."""
+    """``kpibot import`` in its own process: (wall seconds, peak RSS MB, its summary; the
+    peak of the importing process, not of its parser child)."""
     code = (
         "import os, resource, sys, time\n"
         "from bot.cli import main\n"
@@ -99,7 +100,10 @@ def run_import(db: Path, path: Path, sources: Path) -> tuple[float, float, str]:
         "try:\n    main()\n"
         "except SystemExit as e:\n    assert not e.code, e.code\n"
         "print('WALL', time.perf_counter() - t)\n"
-        "print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a child of
+        # this (large) process would report this process's peak
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print('RSS', int(hwm.split()[1]) / 1024)\n")
     proc = subprocess.run([sys.executable, "-c", code, str(db), str(path)], cwd=ROOT,
                           capture_output=True, text=True,
                           env={**__import__("os").environ, "KPIBOT_SOURCES": str(sources)})

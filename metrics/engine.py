@@ -404,9 +404,9 @@ class Reader:
             return
         if self._has_coded is None:
             self._has_coded = self.conn.execute(
-                "SELECT 1 FROM conversions INDEXED BY conversions_campaign WHERE "
-                "campaign_id = ? AND how = 'code' LIMIT 1", (self.campaign.id,)).fetchone() \
-                is not None
+                "SELECT 1 FROM conversions INDEXED BY conversions_coded WHERE "
+                "campaign_id = ? AND how = 'code' AND NOT cancelled LIMIT 1",
+                (self.campaign.id,)).fetchone() is not None
         if not self._has_coded:
             return
         if dim in TIME_DIMS or dim == "trend_hour":
@@ -416,10 +416,10 @@ class Reader:
             segments = [(start, end, "''" if dim is None else f"'{CODE_KEY}'")]
         for a, b, key in segments:
             for k, n, rev in self.conn.execute(
-                    f"SELECT {key} AS k, COUNT(*), TOTAL(CASE WHEN cancelled THEN 0 ELSE "
-                    "COALESCE(revenue_micros, 0) END) FROM conversions INDEXED BY "
-                    "conversions_campaign WHERE campaign_id = ? AND credited_at >= ? AND "
-                    "credited_at < ? AND how = 'code' AND NOT cancelled GROUP BY k",
+                    f"SELECT {key} AS k, COUNT(*), TOTAL(COALESCE(revenue_micros, 0)) FROM "
+                    "conversions INDEXED BY conversions_coded WHERE campaign_id = ? AND "
+                    "credited_at >= ? AND credited_at < ? AND how = 'code' AND NOT cancelled "
+                    "GROUP BY k",
                     (self.campaign.id, a, b)):
                 _add(out, k, ["conversions", "conversion_revenue_micros"], [n, int(rev)])
 
@@ -453,7 +453,7 @@ class Reader:
                 hi = b + SLOT if hi is None else max(hi, b + SLOT)
         a, b = self.conn.execute(
             "SELECT MIN(credited_at), MAX(credited_at) FROM conversions INDEXED BY "
-            "conversions_campaign WHERE campaign_id = ? AND how = 'code'",
+            "conversions_coded WHERE campaign_id = ? AND how = 'code' AND NOT cancelled",
             (self.campaign.id,)).fetchone()
         if a is not None:
             lo = a // SLOT * SLOT if lo is None else min(lo, a // SLOT * SLOT)

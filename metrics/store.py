@@ -416,6 +416,9 @@ def m006_attribution(db: "sqlite_utils.Database") -> None:
                                                          currency, revenue_micros)
             WHERE campaign_id IS NOT NULL;
         CREATE INDEX conversions_uncredited ON conversions(type, cancelled) WHERE how IS NULL;
+        -- a campaign's conversions credited by code, read beside its rollups on every card
+        CREATE INDEX conversions_coded ON conversions(campaign_id, credited_at, revenue_micros)
+            WHERE how = 'code' AND NOT cancelled;
         -- How many conversions nothing could credit, by type: every card shows it, and a
         -- shop's export may hold millions (most orders come from elsewhere). Kept by
         -- metrics.attribution.credit, from each conversion's counted_as.
