@@ -337,6 +337,9 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
         out.uncredited[typ] = n
     out.cancelled = conn.execute("SELECT COUNT(*) FROM temp.attr_todo t JOIN conversions c "
                                  "ON c.id = t.id WHERE c.cancelled").fetchone()[0]
+    conn.execute("INSERT OR IGNORE INTO conversion_currencies SELECT DISTINCT n.campaign_id, "
+                 "c.currency FROM temp.attr_new n JOIN conversions c ON c.id = n.id "
+                 "WHERE n.campaign_id IS NOT NULL AND c.currency IS NOT NULL")
     out.campaigns |= {c for (c,) in conn.execute(
         "SELECT DISTINCT campaign_id FROM temp.attr_events WHERE campaign_id IS NOT NULL")}
     out.campaigns |= _recount(conn, "message", "SELECT message_id FROM temp.attr_events "
@@ -354,7 +357,8 @@ def _recount(conn: sqlite3.Connection, kind: str, ids_sql: str) -> set[int]:
     """Set the conversion totals of the events ``ids_sql`` selects from the conversions
     credited to them; returns the campaigns whose figures moved."""
     link = "message_id" if kind == "message" else "call_id"
-    columns = ("conversions", "conversion_revenue_micros")
+    columns = ("conversions", "conversion_revenue_micros", "conversions_named",
+               "conversions_click")
     types = ""
     if kind == "call":      # which types: a lead, and whether a sale followed it
         columns += ("conversion_types",)
@@ -363,7 +367,10 @@ def _recount(conn: sqlite3.Connection, kind: str, ids_sql: str) -> set[int]:
             for t, bit in TYPE_BIT.items()) + " AS conversion_types"
     return set_event_columns(conn, kind, f"""
         SELECT x.{link} AS id, COALESCE(SUM(c.id IS NOT NULL AND NOT c.cancelled), 0)
-               AS conversions, COALESCE(SUM({_NET}), 0) AS conversion_revenue_micros{types}
+               AS conversions, COALESCE(SUM({_NET}), 0) AS conversion_revenue_micros,
+               COALESCE(SUM(c.how = 'named' AND NOT c.cancelled), 0) AS conversions_named,
+               COALESCE(SUM(c.how = 'click' AND NOT c.cancelled), 0) AS conversions_click
+               {types}
         FROM (SELECT DISTINCT {link} FROM ({ids_sql})) AS x
         LEFT JOIN conversions c ON c.{link} = x.{link}
         GROUP BY x.{link}""", columns)
@@ -507,22 +514,15 @@ def waiting_clicks(conn: sqlite3.Connection) -> int:
                         "messages m WHERE m.message_key = k.message_key)").fetchone()[0]
 
 
-def credited(conn: sqlite3.Connection, campaign_id: int, start: int, end: int
-             ) -> tuple[dict[str, int], list[str]]:
-    """How a campaign's conversions in [start, end) (by the time they count at) were
-    credited (how -> conversions, in rule order), and their currencies: one pass over the
-    campaign's range of a covering index."""
-    by_how: dict[str, int] = {}
-    currencies = set()
-    for how, currency, n in conn.execute(
-            "SELECT how, currency, COUNT(*) FROM conversions INDEXED BY conversions_campaign "
-            "WHERE campaign_id = ? AND credited_at >= ? AND credited_at < ? "
-            "AND how IS NOT NULL AND NOT cancelled GROUP BY how, currency",
-            (campaign_id, start, end)):
-        by_how[how] = by_how.get(how, 0) + n
-        if currency:
-            currencies.add(currency)
-    return {h: by_how[h] for h in HOW if h in by_how}, sorted(currencies)
+def currencies(conn: sqlite3.Connection, campaign_id: int, start: int, end: int) -> list[str]:
+    """The currencies of a campaign's conversions in [start, end): a few index lookups
+    (one per currency it was ever credited in, which ``conversion_currencies`` keeps)."""
+    return [cur for (cur,) in conn.execute(
+        "SELECT currency FROM conversion_currencies k WHERE campaign_id = ?1 AND EXISTS ("
+        "SELECT 1 FROM conversions c INDEXED BY conversions_campaign WHERE c.campaign_id = ?1 "
+        "AND c.currency = k.currency AND c.credited_at >= ?2 AND c.credited_at < ?3 "
+        "AND c.how IS NOT NULL AND NOT c.cancelled) ORDER BY currency",
+        (campaign_id, start, end))]
 
 
 def uncredited_by_type(conn: sqlite3.Connection) -> dict[str, int]:

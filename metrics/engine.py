@@ -173,12 +173,24 @@ class Attribution:
                 "uncredited": dict(self.uncredited)}
 
 
-def _attribution(store: Store, camp: Campaign, period: Period) -> Attribution | None:
+def _attribution(store: Store, camp: Campaign, period: Period,
+                 current: dict[str, "Section"]) -> Attribution | None:
     conn = store.conn
     if not attribution.has_conversions(conn):
         return None
-    by_how, currencies = attribution.credited(conn, camp.id, period.start, period.end)
-    return Attribution(attribution.windows_for(conn, camp.id), by_how, currencies,
+    by_how = {}
+    for sec in current.values():        # from the rollups: how their conversions came
+        c = sec.counters
+        named, click = c.get("conversions_named", 0), c.get("conversions_click", 0)
+        coded = c.get("coded", 0)
+        for how, n in (("named", named), ("click", click),
+                       ("delivery", c.get("conversions", 0) - named - click - coded),
+                       ("code", coded)):
+            if n:
+                by_how[how] = by_how.get(how, 0) + n
+    return Attribution(attribution.windows_for(conn, camp.id),
+                       {h: by_how[h] for h in attribution.HOW if by_how.get(h)},
+                       attribution.currencies(conn, camp.id, period.start, period.end),
                        attribution.uncredited_by_type(conn))
 
 
@@ -421,7 +433,8 @@ class Reader:
                     "credited_at >= ? AND credited_at < ? AND how = 'code' AND NOT cancelled "
                     "GROUP BY k",
                     (self.campaign.id, a, b)):
-                _add(out, k, ["conversions", "conversion_revenue_micros"], [n, int(rev)])
+                _add(out, k, ["conversions", "conversion_revenue_micros", "coded"],
+                     [n, int(rev), n])
 
     def reach(self, start: int, end: int) -> int:
         """Distinct recipients with a delivered message in [start, end): for the whole
@@ -573,7 +586,7 @@ def report(store: Store, campaign: str | Campaign, period: Period | None = None,
     if with_benchmarks:
         rep.benchmarks = benchmarks.load(store.path)
     if with_benchmarks if with_attribution is None else with_attribution:
-        rep.attribution = _attribution(store, camp, period)
+        rep.attribution = _attribution(store, camp, period, current)
     if by is not None:
         rep.dim = by
         # a dimension of one channel only (disposition, error) breaks down that channel

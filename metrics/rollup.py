@@ -104,12 +104,15 @@ MESSAGE = Kind(
         # conversions credited to the message from the orders imported (metrics.attribution)
         "conversions": "CASE WHEN direction = 'outbound' THEN conversions ELSE 0 END",
         "conversion_revenue_micros": "COALESCE(conversion_revenue_micros, 0)",
+        "conversions_named": "CASE WHEN direction = 'outbound' THEN conversions_named ELSE 0 END",
+        "conversions_click": "CASE WHEN direction = 'outbound' THEN conversions_click ELSE 0 END",
     },
     dims={"segment": "segment", "variant": "variant", "country": "country",
           "status": "status", "error": "error_code", "currency": "currency"},
     summed=("cost_micros", "revenue_micros", "conversion_revenue_micros"),
     profile=("direction", "status", "clicked", "converted", "opted_out", "replied",
-             "spam_complaint", "keyword", "reply_to", "conversions"),
+             "spam_complaint", "keyword", "reply_to", "conversions", "conversions_named",
+             "conversions_click"),
 )
 
 CALL = Kind(
@@ -126,6 +129,8 @@ CALL = Kind(
         "revenue_micros": "COALESCE(revenue_micros, 0)",
         "conversions": "conversions",
         "conversion_revenue_micros": "COALESCE(conversion_revenue_micros, 0)",
+        "conversions_named": "conversions_named",
+        "conversions_click": "conversions_click",
         "leads": _LEAD,
         "leads_sold": f"{_LEAD} AND conversion_types & 1 > 0",
     },

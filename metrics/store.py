@@ -349,6 +349,13 @@ def m006_attribution(db: "sqlite_utils.Database") -> None:
             conn.execute(f"ALTER TABLE {table} ADD COLUMN conversions INTEGER NOT NULL DEFAULT 0")
             conn.execute(f"ALTER TABLE {table} ADD COLUMN conversion_revenue_micros INTEGER "
                          "NOT NULL DEFAULT 0")
+        if not _has_columns(conn, table, ("conversions_named",)):
+            # of its conversions, those that named it and those its click won (the rest: a
+            # delivery): what a card says of how they were credited, read from the rollups
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN conversions_named INTEGER NOT NULL "
+                         "DEFAULT 0")
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN conversions_click INTEGER NOT NULL "
+                         "DEFAULT 0")
     if not _has_columns(conn, "calls", ("conversion_types",)):
         # the types of the conversions credited to a call, one bit each (attribution.TYPE_BIT)
         conn.execute("ALTER TABLE calls ADD COLUMN conversion_types INTEGER NOT NULL DEFAULT 0")
@@ -411,11 +418,18 @@ def m006_attribution(db: "sqlite_utils.Database") -> None:
         CREATE INDEX conversions_named ON conversions(message_key) WHERE message_key IS NOT NULL;
         CREATE INDEX conversions_message ON conversions(message_id) WHERE message_id IS NOT NULL;
         CREATE INDEX conversions_call ON conversions(call_id) WHERE call_id IS NOT NULL;
-        -- what a card reads: a campaign's conversions by when they count (covering)
-        CREATE INDEX conversions_campaign ON conversions(campaign_id, credited_at, how, cancelled,
-                                                         currency, revenue_micros)
-            WHERE campaign_id IS NOT NULL;
+        -- whether a campaign's conversions in a period include a currency (a card checks
+        -- each currency of conversion_currencies: one lookup each)
+        CREATE INDEX conversions_campaign ON conversions(campaign_id, currency, credited_at)
+            WHERE campaign_id IS NOT NULL AND how IS NOT NULL AND NOT cancelled;
         CREATE INDEX conversions_uncredited ON conversions(type, cancelled) WHERE how IS NULL;
+        -- the currencies of the conversions credited to each campaign (a card says when
+        -- they are not its costs'), kept by metrics.attribution.credit
+        CREATE TABLE conversion_currencies (
+            campaign_id INTEGER NOT NULL,
+            currency TEXT NOT NULL,
+            PRIMARY KEY (campaign_id, currency)
+        ) WITHOUT ROWID;
         -- a campaign's conversions credited by code, read beside its rollups on every card
         CREATE INDEX conversions_coded ON conversions(campaign_id, credited_at, revenue_micros)
             WHERE how = 'code' AND NOT cancelled;

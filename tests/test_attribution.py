@@ -389,12 +389,12 @@ def test_a_store_made_before_attribution_is_upgraded_in_place(tmp_path, write):
                              f"dial,CA1,{at(T0)},completed,Hot lead\n"))
     before = card(store, "spring")["metrics"]
     with store.transaction() as conn:
-        for t in ("messages", "calls"):
-            conn.execute(f"ALTER TABLE {t} DROP COLUMN conversions")
-            conn.execute(f"ALTER TABLE {t} DROP COLUMN conversion_revenue_micros")
-        for t in ("message_rollup", "call_rollup"):
-            conn.execute(f"ALTER TABLE {t} DROP COLUMN conversions")
-            conn.execute(f"ALTER TABLE {t} DROP COLUMN conversion_revenue_micros")
+        new = ("conversions", "conversion_revenue_micros", "conversions_named",
+               "conversions_click")
+        for t in ("messages", "calls", "message_rollup", "call_rollup"):
+            for c in new:
+                conn.execute(f"ALTER TABLE {t} DROP COLUMN {c}")
+        conn.execute("ALTER TABLE message_rollup DROP COLUMN opted_in")
         conn.execute("ALTER TABLE call_rollup DROP COLUMN leads")
         conn.execute("ALTER TABLE call_rollup DROP COLUMN leads_sold")
         conn.execute("ALTER TABLE calls DROP COLUMN conversion_types")
@@ -403,6 +403,7 @@ def test_a_store_made_before_attribution_is_upgraded_in_place(tmp_path, write):
         conn.execute("DROP TABLE clicks")
         conn.execute("DROP TABLE conversions")
         conn.execute("DROP TABLE uncredited_counts")
+        conn.execute("DROP TABLE conversion_currencies")
         conn.execute("DROP INDEX calls_recipient")
         conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm006_attribution'")
     store.close()

@@ -65,7 +65,8 @@ _KEYWORD_OF_OPT_OUT_TYPE = {"STOP": "opt_out", "START": "opt_in", "HELP": "help"
 # message itself does not take them away
 _EARNED = ("replied", "opted_out", "clicked")
 # what a new row holds in the columns no builder fills (the conversions credited to it)
-_DEFAULTS = {"conversions": 0, "conversion_revenue_micros": 0, "conversion_types": 0}
+_DEFAULTS = {"conversions": 0, "conversion_revenue_micros": 0, "conversion_types": 0,
+             "conversions_named": 0, "conversions_click": 0}
 
 
 @dataclasses.dataclass
