@@ -34,7 +34,7 @@ import sqlite3
 from dataclasses import dataclass, field
 
 from .names import name_key
-from .rollup import KINDS, Rollup, columns_read
+from .rollup import KINDS, SLOT, Rollup, columns_read, slot_sql
 from .store import iso, utcnow
 
 CLICK_WINDOW_S = 5 * 86_400
@@ -296,6 +296,14 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
             || CASE WHEN c.code IS NULL THEN '' ELSE '; its code is not in [campaign_by_code]'
                END
         FROM temp.attr_todo t JOIN conversions c ON c.id = t.id WHERE {open_}""")
+    # the slots of conversions credited by code, before and after: recounted below
+    _drop(conn, "attr_code_slots")
+    conn.execute(f"""
+        CREATE TEMP TABLE attr_code_slots AS
+        SELECT c.campaign_id, {slot_sql('c.credited_at')} AS slot FROM temp.attr_todo t
+        JOIN conversions c ON c.id = t.id WHERE c.how = 'code'
+        UNION SELECT campaign_id, {slot_sql('credited_at')} FROM temp.attr_new
+        WHERE how = 'code'""")
     # what changed, and the events whose totals move
     conn.execute("""
         CREATE TEMP TABLE attr_events AS
@@ -342,12 +350,32 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
                  "WHERE n.campaign_id IS NOT NULL AND c.currency IS NOT NULL")
     out.campaigns |= {c for (c,) in conn.execute(
         "SELECT DISTINCT campaign_id FROM temp.attr_events WHERE campaign_id IS NOT NULL")}
+    out.campaigns |= _recount_codes(conn)
     out.campaigns |= _recount(conn, "message", "SELECT message_id FROM temp.attr_events "
                                                "WHERE message_id IS NOT NULL")
     out.campaigns |= _recount(conn, "call", "SELECT call_id FROM temp.attr_events "
                                             "WHERE call_id IS NOT NULL")
-    _drop(conn, "attr_todo", "attr_win", "attr_new", "attr_events")
+    _drop(conn, "attr_todo", "attr_win", "attr_new", "attr_events", "attr_code_slots")
     return out
+
+
+def _recount_codes(conn: sqlite3.Connection) -> set[int]:
+    """``code_rollup`` for the slots in ``temp.attr_code_slots``, counted again from the
+    conversions credited by code (a few index ranges)."""
+    slots = conn.execute("SELECT COUNT(*) FROM temp.attr_code_slots").fetchone()[0]
+    if not slots:
+        return set()
+    conn.execute("DELETE FROM code_rollup WHERE (campaign_id, slot) IN "
+                 "(SELECT campaign_id, slot FROM temp.attr_code_slots)")
+    conn.execute(f"""
+        INSERT INTO code_rollup
+        SELECT s.campaign_id, s.slot, COUNT(*), SUM(COALESCE(c.revenue_micros, 0))
+        FROM temp.attr_code_slots s CROSS JOIN conversions c INDEXED BY conversions_coded
+          ON c.campaign_id = s.campaign_id AND c.credited_at >= s.slot
+         AND c.credited_at < s.slot + {SLOT}
+        WHERE c.how = 'code' AND NOT c.cancelled
+        GROUP BY s.campaign_id, s.slot""")
+    return {c for (c,) in conn.execute("SELECT DISTINCT campaign_id FROM temp.attr_code_slots")}
 
 
 _NET = "CASE WHEN c.cancelled THEN 0 ELSE COALESCE(c.revenue_micros, 0) END"

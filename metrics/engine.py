@@ -411,30 +411,44 @@ class Reader:
 
     def _coded(self, channel: str, start: int, end: int, dim: str | None, out: dict) -> None:
         """Conversions a code credited to the campaign (no message claimed them): in the
-        period of their own time, under the campaign's channel (SMS when it has both)."""
+        period of their own time, under the campaign's channel (SMS when it has both).
+        Whole slots from ``code_rollup``, the part slots at the edges from the
+        conversions themselves."""
         if channel != ("call" if self.campaign.channel == "call" else "sms"):
             return
         if self._has_coded is None:
             self._has_coded = self.conn.execute(
-                "SELECT 1 FROM conversions INDEXED BY conversions_coded WHERE "
-                "campaign_id = ? AND how = 'code' AND NOT cancelled LIMIT 1",
+                "SELECT 1 FROM code_rollup WHERE campaign_id = ? LIMIT 1",
                 (self.campaign.id,)).fetchone() is not None
         if not self._has_coded:
             return
         if dim in TIME_DIMS or dim == "trend_hour":
-            segments = [(a, b, _time_key(dim, "credited_at", off))
-                        for a, b, off in _offset_segments(self.tz, start, end)]
+            parts = [(a, b, lambda col, off=off: _time_key(dim, col, off))
+                     for a, b, off in _offset_segments(self.tz, start, end)]
         else:
-            segments = [(start, end, "''" if dim is None else f"'{CODE_KEY}'")]
-        for a, b, key in segments:
-            for k, n, rev in self.conn.execute(
-                    f"SELECT {key} AS k, COUNT(*), TOTAL(COALESCE(revenue_micros, 0)) FROM "
-                    "conversions INDEXED BY conversions_coded WHERE campaign_id = ? AND "
-                    "credited_at >= ? AND credited_at < ? AND how = 'code' AND NOT cancelled "
-                    "GROUP BY k",
-                    (self.campaign.id, a, b)):
-                _add(out, k, ["conversions", "conversion_revenue_micros", "coded"],
-                     [n, int(rev), n])
+            literal = "''" if dim is None else f"'{CODE_KEY}'"
+            parts = [(start, end, lambda col: literal)]
+        cols = ["conversions", "conversion_revenue_micros", "coded"]
+        cid = self.campaign.id
+        for a, b, key in parts:
+            lo, hi = -(-a // SLOT) * SLOT, b // SLOT * SLOT     # the whole slots inside
+            reads = [(a, b)] if lo >= hi else [(a, lo), (hi, b)]
+            if lo < hi:
+                for k, n, rev in self.conn.execute(
+                        f"SELECT {key('slot')} AS k, SUM(conversions), SUM(revenue_micros) FROM "
+                        "code_rollup WHERE campaign_id = ? AND slot >= ? AND slot < ? GROUP BY k",
+                        (cid, lo, hi)):
+                    _add(out, k, cols, [n, rev, n])
+            for x, y in reads:
+                if x >= y:
+                    continue
+                for k, n, rev in self.conn.execute(
+                        f"SELECT {key('credited_at')} AS k, COUNT(*), "
+                        "SUM(COALESCE(revenue_micros, 0)) FROM conversions INDEXED BY "
+                        "conversions_coded WHERE campaign_id = ? AND credited_at >= ? AND "
+                        "credited_at < ? AND how = 'code' AND NOT cancelled GROUP BY k",
+                        (cid, x, y)):
+                    _add(out, k, cols, [n, rev, n])
 
     def reach(self, start: int, end: int) -> int:
         """Distinct recipients with a delivered message in [start, end): for the whole
@@ -464,13 +478,11 @@ class Reader:
             if a is not None:
                 lo = a if lo is None else min(lo, a)
                 hi = b + SLOT if hi is None else max(hi, b + SLOT)
-        a, b = self.conn.execute(
-            "SELECT MIN(credited_at), MAX(credited_at) FROM conversions INDEXED BY "
-            "conversions_coded WHERE campaign_id = ? AND how = 'code' AND NOT cancelled",
-            (self.campaign.id,)).fetchone()
+        a, b = self.conn.execute("SELECT MIN(slot), MAX(slot) FROM code_rollup WHERE "
+                                 "campaign_id = ?", (self.campaign.id,)).fetchone()
         if a is not None:
-            lo = a // SLOT * SLOT if lo is None else min(lo, a // SLOT * SLOT)
-            hi = b // SLOT * SLOT + SLOT if hi is None else max(hi, b // SLOT * SLOT + SLOT)
+            lo = a if lo is None else min(lo, a)
+            hi = b + SLOT if hi is None else max(hi, b + SLOT)
         a, b = self.conn.execute("SELECT MIN(date), MAX(date) FROM daily WHERE campaign_id = ?",
                                  (self.campaign.id,)).fetchone()
         if a is not None:

@@ -430,7 +430,16 @@ def m006_attribution(db: "sqlite_utils.Database") -> None:
             currency TEXT NOT NULL,
             PRIMARY KEY (campaign_id, currency)
         ) WITHOUT ROWID;
-        -- a campaign's conversions credited by code, read beside its rollups on every card
+        -- conversions credited by code (no message), per campaign and 15-minute slot of
+        -- their own time: read beside the rollups, kept by metrics.attribution.credit
+        CREATE TABLE code_rollup (
+            campaign_id INTEGER NOT NULL,
+            slot INTEGER NOT NULL,
+            conversions INTEGER NOT NULL,
+            revenue_micros INTEGER NOT NULL,
+            PRIMARY KEY (campaign_id, slot)
+        ) WITHOUT ROWID;
+        -- a campaign's conversions credited by code, for a slot's recount and part slots
         CREATE INDEX conversions_coded ON conversions(campaign_id, credited_at, revenue_micros)
             WHERE how = 'code' AND NOT cancelled;
         -- How many conversions nothing could credit, by type: every card shows it, and a

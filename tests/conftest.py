@@ -65,8 +65,14 @@ def assert_attribution_exact(store: Store) -> None:
     """Every conversion is credited as a from-scratch run would credit it, and every
     message and call holds the sum of the conversions credited to it."""
     from metrics import attribution
+    from metrics.sources import SourcesFile
+    codes = dict(SourcesFile().get().codes)
     with store.transaction(dry_run=True) as conn:
-        assert attribution.credit(conn, "SELECT id FROM conversions").changed == 0
+        assert attribution.credit(conn, "SELECT id FROM conversions", (), codes).changed == 0
+    assert sorted(store.conn.execute("SELECT * FROM code_rollup").fetchall()) == sorted(
+        store.conn.execute("SELECT campaign_id, credited_at - credited_at % 900 AS slot, "
+                           "COUNT(*), SUM(COALESCE(revenue_micros, 0)) FROM conversions "
+                           "WHERE how = 'code' AND NOT cancelled GROUP BY 1, 2").fetchall())
     assert attribution.uncredited_by_type(store.conn) == dict(store.conn.execute(
         "SELECT type, COUNT(*) FROM conversions WHERE how IS NULL AND NOT cancelled "
         "GROUP BY type").fetchall())

@@ -221,6 +221,13 @@ def test_a_code_credits_what_no_message_claims(store, write, tmp_path, monkeypat
     assert keys[-1] == engine.CODE_KEY
     vip = card(store, "vip-list")
     assert vip["metrics"]["revenue"]["value"] == 7.0
+    assert_attribution_exact(store)
+    # a period that takes part of a slot: the code's conversion counts to the second
+    from metrics.periods import Period
+    for a, b, revenue in ((T0, T0 + 1, 30.0), (T0 + 1, T0 + DAY, 0), (T0 - 450, T0 + 450, 30.0),
+                          (T0 - 3 * DAY, T0, 0), (T0 - 3 * DAY, T0 + 3 * DAY, 30.0)):
+        rep = engine.report(store, "spring", Period(a, b, "p"), with_benchmarks=False)
+        assert rep.current["sms"].metrics["revenue"].value == revenue, (a - T0, b - T0)
     note = rows(store, "SELECT note FROM conversions WHERE order_key = '#3'")[0][0]
     assert "code is not in [campaign_by_code]" in note
 
@@ -404,6 +411,7 @@ def test_a_store_made_before_attribution_is_upgraded_in_place(tmp_path, write):
         conn.execute("DROP TABLE conversions")
         conn.execute("DROP TABLE uncredited_counts")
         conn.execute("DROP TABLE conversion_currencies")
+        conn.execute("DROP TABLE code_rollup")
         conn.execute("DROP INDEX calls_recipient")
         conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm006_attribution'")
     store.close()
