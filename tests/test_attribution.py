@@ -582,14 +582,22 @@ def test_list_growth_counts_opt_ins_and_opt_outs_by_text(store, write):
     assert got["cost_per_subscriber"]["denominator"] == 2
 
 
-def test_a_large_load_of_orders_sets_its_indexes_aside_and_back(store, write, monkeypatch):
+def test_a_large_load_of_orders_sets_its_indexes_aside_and_back(store, write, monkeypatch,
+                                                               tmp_path):
     """Above the bulk size, the conversions' secondary indexes are dropped for the load and
     its credit, and made again: the same answer, the same schema."""
     from metrics.importers import run as run_mod
+    src = tmp_path / "sources.toml"
+    src.write_text('[campaign_by_code]\nSPRING10 = "spring"\n')
+    monkeypatch.setenv("KPIBOT_SOURCES", str(src))
     schema = rows(store, "SELECT name, sql FROM sqlite_schema WHERE tbl_name = 'conversions' "
                          "ORDER BY name")
     monkeypatch.setattr(run_mod, "SUSPEND_INDEX_ROWS", 1)
     load(store, write, **FILES)
+    load(store, write, o2=orders_csv(("#9", T0, "4.00", "", "", "spring10"),
+                                     ("#10", T0, "5.00", "", "SM2")))
+    assert credit_of(store, "#9") == ("code", None, "spring")
+    assert credit_of(store, "#10") == ("named", "SM2", "spring")
     assert rows(store, "SELECT name, sql FROM sqlite_schema WHERE tbl_name = 'conversions' "
                        "ORDER BY name") == schema
     assert credit_of(store, "#1") == ("click", "SM1", "spring")

@@ -32,7 +32,7 @@ BULK = "twilio-bulk"          # Twilio BulkExport day files (see twilio_bulk)
 # Indexes of a kind's table that crediting a large load does not read but updates row by
 # row: made again after it (``BulkLoad.suspend_indexes``)
 LATE_INDEXES = {"conversion": ("conversions_named", "conversions_call", "conversions_campaign",
-                               "conversions_uncredited", "conversions_coded")}
+                               "conversions_uncredited")}
 FORMAT_NAMES = tuple(FORMATS) + (BULK,)
 
 
