@@ -120,8 +120,8 @@ class _Progress:
               help="Country for numbers written without +country code (default: $KPIBOT_REGION or US).")
 @db_option
 def import_cmd(files, fmt, campaign, mapping, skip_bad_rows, strict, dry_run, region, db) -> None:
-    """Import CSV exports: canonical events, calls, daily totals, Twilio logs, or any CSV
-    through a mapping file. Each file lands whole or not at all; rows already imported
+    """Import CSV exports: canonical events, calls, daily totals, clicks, orders
+    (conversions), Twilio logs, or any CSV through a mapping file. Each file lands whole or not at all; rows already imported
     are counted once."""
     from metrics.errors import ImportRejected, StoreError
     from metrics.importers import import_file

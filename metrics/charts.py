@@ -113,12 +113,19 @@ def _rate_kpi(channel: str, goal: str | None) -> kpis.Kpi:
     return kpis.REGISTRY[channel]["delivery_rate" if channel == "sms" else "answer_rate"]
 
 
+def _line_kpi(channel: str, goal: str | None) -> kpis.Kpi:
+    """What a trend's line shows: the goal's first headline when it is an amount (revenue,
+    for a sales campaign), else the rate :func:`_rate_kpi` picks."""
+    first = kpis.headline(channel, goal)[0]
+    return first if first.unit == "money" and goal else _rate_kpi(channel, goal)
+
+
 def trend(rep: Report, metric: str | None = None, threshold: float | None = None) -> bytes:
-    """Volume bars per day (hour, week) with the headline rate (or ``metric``) as a line,
-    and an alert's threshold as a dashed line."""
+    """Volume bars per day (hour, week) with the headline rate (or amount, or ``metric``) as
+    a line, and an alert's threshold as a dashed line."""
     ch = next((c for c in rep.channels if metric in kpis.REGISTRY[c]), rep.channels[0]) \
         if metric else rep.channels[0]
-    rate = kpis.REGISTRY[ch][metric] if metric else _rate_kpi(ch, rep.campaign.goal)
+    rate = kpis.REGISTRY[ch][metric] if metric else _line_kpi(ch, rep.campaign.goal)
     labels = [label for label, _ in rep.trend]
     vols = [kpis.volume(ch, cs.get(ch, {})) for _, cs in rep.trend]
     values = [rate.compute(cs.get(ch, {})).value for _, cs in rep.trend]
@@ -133,14 +140,19 @@ def trend(rep: Report, metric: str | None = None, threshold: float | None = None
     ax2.spines["top"].set_visible(False)
     ax2.plot(x, [v if v is not None else float("nan") for v in values], color=LINE,
              marker="o", markersize=3, linewidth=2, label=rate.label)
-    ax2.set_ylabel(f"{rate.label} (line)", color=LINE)
+    currency = rep.current[ch].currency if ch in rep.current else None
+    money = f", {currency}" if rate.unit == "money" and currency else ""
+    ax2.set_ylabel(f"{rate.label}{money} (line)", color=LINE)
     if threshold is not None:
         ax2.axhline(threshold, color=LINE, linestyle="--", linewidth=1)
     ax2.xaxis.set_visible(False)
     top = max([v for v in values if v is not None] + [threshold or 0], default=0)
     ax2.set_ylim(0, top * 1.1 if top > 0 else 1)
     ax2.yaxis.set_major_locator(MaxNLocator(5))
-    _pct(ax2.yaxis, max((v for v in values if v is not None), default=None))
+    if rate.unit == "percent":
+        _pct(ax2.yaxis, max((v for v in values if v is not None), default=None))
+    else:
+        ax2.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     step = max(1, -(-len(labels) // 7))
     ax.set_xticks(list(x)[::step], [_short(lb, rep.trend_unit) for lb in labels][::step])
     return _png(fig)

@@ -603,3 +603,16 @@ def test_a_large_load_of_orders_sets_its_indexes_aside_and_back(store, write, mo
     assert credit_of(store, "#1") == ("click", "SM1", "spring")
     assert_attribution_exact(store)
     assert rows(store, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_a_sales_campaigns_chart_draws_its_revenue(store, write, monkeypatch):
+    from metrics import charts
+    load(store, write, **FILES)
+    store.set_goal(engine.find_campaign(store, "spring").id, "sales")
+    figures = []
+    monkeypatch.setattr(charts, "_png", lambda fig: figures.append(fig) or b"")
+    charts.trend(engine.report(store, "spring"))
+    labels = [ax.get_ylabel() for ax in figures[0].axes]
+    import matplotlib.pyplot as plt
+    plt.close(figures[0])
+    assert "Revenue, USD (line)" in labels

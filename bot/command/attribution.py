@@ -61,13 +61,14 @@ def _show(ctx: Context, camp) -> Reply:
     conn = ctx.store.conn
     if camp is not None:
         w = A.windows_for(conn, camp.id)
-        return Reply(f"{camp.name}: conversions are credited by {w.text()} "
-                     f"({'its own setting' if w.set_by == 'campaign' else 'the team' + chr(39) + 's'}).",
+        whose = {"campaign": "its own setting", "team": "the team's setting",
+                 "default": "the default"}[w.set_by]
+        return Reply(f"{camp.name}: conversions are credited by {w.text()} ({whose}).",
                      {"campaign": camp.name, **w.as_json()})
     team = A.team_windows(conn)
     own = A.campaign_windows(conn)
-    lines = [f"Conversions are credited by {team.text()} (the team's"
-             f"{' setting' if team.set_by == 'team' else ', the default'})."]
+    whose = "the team's setting" if team.set_by == "team" else "the default"
+    lines = [f"Conversions are credited by {team.text()} ({whose})."]
     for name, w in own:
         lines.append(f"  {name}: {w.text()}")
     lines.append(f"Change: {USAGE['attribution']}")
