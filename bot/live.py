@@ -111,6 +111,7 @@ class LiveWorker:
                     done = applier.retry_held()
                     if done.released:
                         log.info("live: %d held event(s) applied", done.released)
+                    if done.campaigns:
                         self.on_applied(done.campaigns)
             except sqlite3.OperationalError as exc:
                 if "locked" in str(exc) or "busy" in str(exc):   # an import: wait for it

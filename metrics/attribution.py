@@ -176,9 +176,8 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
     is looked at again too."""
     out = Credited()
     codes = codes or {}
-    fingerprint = repr(sorted(codes.items()))
-    stored = conn.execute("SELECT value FROM settings WHERE key = ?", (_CODES_SETTING,)).fetchone()
-    codes_changed = (stored[0] if stored else repr([])) != fingerprint
+    fingerprint = _fingerprint(codes)
+    codes_changed = _codes_differ(conn, fingerprint)
     if not conn.execute("SELECT 1 FROM conversions LIMIT 1").fetchone():
         if codes_changed:
             _remember_codes(conn, fingerprint)
@@ -496,6 +495,20 @@ def after_clicks(conn: sqlite3.Connection, ids_sql: str, params: tuple = (),
                   params, codes)
     done.campaigns |= touched
     return done
+
+
+def _fingerprint(codes: dict[str, str]) -> str:
+    return repr(sorted(codes.items()))
+
+
+def _codes_differ(conn: sqlite3.Connection, fingerprint: str) -> bool:
+    stored = conn.execute("SELECT value FROM settings WHERE key = ?", (_CODES_SETTING,)).fetchone()
+    return (stored[0] if stored else repr([])) != fingerprint
+
+
+def codes_changed(conn: sqlite3.Connection, codes: dict[str, str]) -> bool:
+    """Whether ``[campaign_by_code]`` is not the one the stored credits were made with."""
+    return _codes_differ(conn, _fingerprint(codes))
 
 
 def _code_key(code: str | None) -> str | None:

@@ -616,3 +616,23 @@ def test_a_sales_campaigns_chart_draws_its_revenue(store, write, monkeypatch):
     import matplotlib.pyplot as plt
     plt.close(figures[0])
     assert "Revenue, USD (line)" in labels
+
+
+def test_a_new_code_in_the_sources_file_is_picked_up_by_the_applier(store, write, tmp_path):
+    """kpibot serve's applier reads the sources file again when it changes: orders with a
+    code that nothing claimed go to the code's campaign, without an import."""
+    from metrics.live.apply import Applier
+    from metrics.sources import SourcesFile
+    src = tmp_path / "sources.toml"
+    src.write_text("")
+    applier = Applier(store, SourcesFile(src))
+    load(store, write, o=orders_csv(("#1", T0, "30.00", "", "", "SPRING10")))
+    assert credit_of(store, "#1") == (None, None, None)
+    assert applier.retry_held().campaigns == set()
+    src.write_text('[campaign_by_code]\nspring10 = "spring"\n')
+    import os
+    os.utime(src, (T0, T0))        # a new stamp even within the file system's clock tick
+    done = applier.retry_held()
+    assert credit_of(store, "#1") == ("code", None, "spring")
+    assert done.campaigns == {engine.find_campaign(store, "spring").id}
+    assert applier.retry_held().campaigns == set()      # once

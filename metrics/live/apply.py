@@ -759,9 +759,16 @@ class Applier:
 
     def retry_held(self, force: bool = False, limit: int = BATCH) -> Applied:
         """Try the held events again: when the sources file or the stored messages changed
-        since the last try (or ``force``). Those that apply now leave the list."""
+        since the last try (or ``force``). Those that apply now leave the list. A
+        ``[campaign_by_code]`` table that changed credits the conversions with a code
+        again (``done.campaigns`` says whose figures moved)."""
         store = self.store
         done = Applied(upto=self.applied_upto())
+        codes = dict(self.sources.get().codes)
+        if attribution.codes_changed(store.conn, codes):
+            with store.transaction() as conn:
+                done.campaigns |= attribution.credit(conn, "SELECT NULL WHERE 0", (),
+                                                     codes).campaigns
         stamp = (self.sources.stamp,
                  store.conn.execute("SELECT COALESCE(MAX(id), 0) FROM imports").fetchone()[0],
                  store.conn.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()[0],
