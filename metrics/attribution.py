@@ -214,7 +214,7 @@ def credit(conn: sqlite3.Connection, todo_sql: str, params: tuple = (),
         SELECT c.id, 'named', m.id, m.campaign_id, m.sent_at
         FROM temp.attr_todo t CROSS JOIN conversions c ON c.id = t.id
         CROSS JOIN messages m ON m.message_key = c.message_key
-        WHERE c.message_key IS NOT NULL""")
+        WHERE c.message_key IS NOT NULL AND m.direction = 'outbound'""")
     conn.execute(f"""
         INSERT INTO temp.attr_new (id, how, call_id, campaign_id, credited_at)
         SELECT c.id, 'named', k.id, k.campaign_id, k.started_at

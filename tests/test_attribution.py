@@ -151,6 +151,17 @@ def test_a_named_message_wins_whatever_the_windows(store, write):
     assert credit_of(store, "#1") == ("named", "SM1", "spring")
 
 
+def test_an_order_naming_a_reply_goes_by_the_other_rules(store, write):
+    """Only an outbound message earns a conversion: one that names an inbound message
+    (a reply's SID) is credited as if it named nothing."""
+    load(store, write, m="campaign,message_id,sent_at,recipient,status,direction,body\n"
+         f"spring,SM1,{at(T0 - HOUR)},{ANN},delivered,outbound,hi\n"
+         f"spring,IN1,{at(T0 - 60)},{ANN},received,inbound,yes please\n",
+         o=orders_csv(("#1", T0, "10.00", ANN, "IN1")))
+    assert credit_of(store, "#1") == ("delivery", "SM1", "spring")
+    assert card(store, "spring")["metrics"]["revenue"]["value"] == 10.0
+
+
 def test_a_named_message_not_stored_yet_is_credited_when_it_arrives(store, write):
     load(store, write, o=orders_csv(("#1", T0, "10.00", "", "SM9")))
     assert credit_of(store, "#1") == (None, None, None)
