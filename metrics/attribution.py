@@ -461,9 +461,9 @@ def after_events(conn: sqlite3.Connection, kind: str, ids_sql: str, params: tupl
     messages with a stored click count as clicked, and the conversions these events may
     now claim or lose are credited again. Reads nothing more while the store has no
     clicks or conversions."""
-    has_clicks = kind == "message" and conn.execute("SELECT 1 FROM clicks LIMIT 1").fetchone()
-    if not has_clicks and not has_conversions(conn):
+    if not concerns(conn, kind):
         return Credited()
+    has_clicks = kind == "message" and _has_clicks(conn)
     table = KINDS[kind].table
     key, link = ("message_key", "message_id") if kind == "message" else ("call_key", "call_id")
     _drop(conn, "attr_changed")      # the events, found once (an import's: one scan)
@@ -571,6 +571,16 @@ def uncredited_by_type(conn: sqlite3.Connection) -> dict[str, int]:
     :func:`credit`: a card reads a few rows, however many there are)."""
     return dict(conn.execute("SELECT type, n FROM uncredited_counts WHERE n > 0 "
                              "ORDER BY type").fetchall())
+
+
+def _has_clicks(conn: sqlite3.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM clicks LIMIT 1").fetchone() is not None
+
+
+def concerns(conn: sqlite3.Connection, kind: str) -> bool:
+    """Whether stored messages or calls (``kind``) can change any click or credit: not
+    while the store has no conversions (nor, for messages, clicks)."""
+    return has_conversions(conn) or (kind == "message" and _has_clicks(conn))
 
 
 def has_conversions(conn: sqlite3.Connection) -> bool:

@@ -165,7 +165,6 @@ class Attribution:
     by_how: dict[str, int]
     currencies: list[str]                 # of the conversions credited in the period
     uncredited: dict[str, int]            # store-wide: type -> conversions
-    waiting_clicks: int = 0
 
     def as_json(self) -> dict:
         return {**self.windows.as_json(), "credited": dict(self.by_how),

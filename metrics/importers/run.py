@@ -256,8 +256,7 @@ def _attribute(conn, kind: str, import_id: int, bulk: BulkLoad):
     read, while the store has no clicks or conversions."""
     from .. import attribution as A
     from ..sources import SourcesFile
-    if kind in ("message", "call") and not A.has_conversions(conn) and not (
-            kind == "message" and conn.execute("SELECT 1 FROM clicks LIMIT 1").fetchone()):
+    if kind in ("message", "call") and not A.concerns(conn, kind):
         return None
     bulk.for_lookups(conn)
     codes = dict(SourcesFile().get().codes)
@@ -267,8 +266,7 @@ def _attribute(conn, kind: str, import_id: int, bulk: BulkLoad):
     if kind == "click":
         return A.after_clicks(conn, scope, (import_id,), codes)
     if kind == "conversion":
-        return A.credit(conn, "SELECT id FROM conversions WHERE import_id = ?", (import_id,),
-                        codes)
+        return A.credit(conn, scope, (import_id,), codes)
     return None
 
 

@@ -64,9 +64,6 @@ _KEYWORD_OF_OPT_OUT_TYPE = {"STOP": "opt_out", "START": "opt_in", "HELP": "help"
 # flags a message earns from other events (a reply, a STOP, a click): a later copy of the
 # message itself does not take them away
 _EARNED = ("replied", "opted_out", "clicked")
-# what a new row holds in the columns no builder fills (the conversions credited to it)
-_DEFAULTS = {"conversions": 0, "conversion_revenue_micros": 0, "conversion_types": 0,
-             "conversions_named": 0, "conversions_click": 0}
 
 
 @dataclasses.dataclass
@@ -107,7 +104,12 @@ class _Table:
         self.conn, self.kind = conn, KINDS[kind]
         self.table = self.kind.table
         self.key = "message_key" if kind == "message" else "call_key"
-        self.columns = [r[1] for r in conn.execute(f"PRAGMA table_info({self.table})")]
+        info = conn.execute(f"PRAGMA table_info({self.table})").fetchall()
+        self.columns = [r[1] for r in info]
+        # what a new row holds in the columns no builder fills (the conversions credited
+        # to it): the schema's defaults
+        self.defaults = {r[1]: int(r[4]) for r in info if r[4] is not None
+                         and r[4].lstrip("-").isdigit()}
         self.rows: dict[str, dict] = {}      # key -> current row
         self.old: dict[str, dict] = {}       # key -> the row as stored before the batch
         self.new: set[str] = set()           # keys inserted by the batch
@@ -152,7 +154,7 @@ class _Table:
     def put_new(self, row: dict) -> None:
         key = row[self.key]
         for c in self.columns:
-            row.setdefault(c, _DEFAULTS.get(c))
+            row.setdefault(c, self.defaults.get(c))
         self.rows[key] = row
         self.new.add(key)
 
@@ -606,9 +608,8 @@ class _Batch:
                 touched |= attribution.after_events(
                     conn, kind, ids, (json.dumps(sorted(table.written)),), codes).campaigns
         if self.clicks:
-            touched |= attribution.credit(
-                conn, "SELECT c.id FROM conversions c WHERE c.recipient IN (SELECT recipient "
-                f"FROM clicks WHERE click_key IN ({ids}) AND recipient IS NOT NULL)",
+            touched |= attribution.after_clicks(
+                conn, f"SELECT id FROM clicks WHERE click_key IN ({ids})",
                 (json.dumps(self.clicks),), codes).campaigns
         if self.orders:
             touched |= attribution.credit(
