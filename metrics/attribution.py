@@ -21,9 +21,10 @@ the conversions a change may concern (an import of messages, clicks or orders; a
 batch; new windows), so importing messages after orders gives what the other order gives.
 
 A credited conversion adds to its message's (or call's) ``conversions`` and
-``conversion_revenue_micros``, so rollups, breakdowns (by variant, segment, any attribute)
-and A/B tests see it where the message is, in the period of its send time. The rollups
-are brought along cell by cell (``Rollup.apply_delta``), not recounted.
+``conversion_revenue_micros`` (kept beside the event, in ``message_credits`` or
+``call_credits``), so rollups, breakdowns (by variant, segment, any attribute) and A/B
+tests see it where the message is, in the period of its send time. The rollups are
+brought along cell by cell (``Rollup.apply_delta``), not recounted.
 
 Recipients are matched on the keyed hash only (``phones``).
 """
@@ -408,31 +409,52 @@ def set_event_columns(conn: sqlite3.Connection, kind: str, values_sql: str,
     """Set ``columns`` of the events (messages or calls) to what ``values_sql`` gives
     (``id`` and the columns, by name), where they differ, and bring the rollups along:
     each changed event is taken out of its cells as it was and put in as it is, for the
-    counters that read these columns only. Returns the campaigns touched."""
+    counters that read these columns only. Columns of the kind's credits table
+    (``Kind.credit_columns``) are written there: a row for an event with any conversion
+    credited, none for the others. Returns the campaigns touched."""
     k = KINDS[kind]
-    table = k.table
+    table, credits = k.table, k.credits
     counters = tuple(c for c in k.counters
                      if set(re.findall(r"[a-z_]+", k.counters[c])) & set(columns))
     table_columns = [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
-    read = ", ".join(f"e.{c}" for c in columns_read(k, counters, table_columns))
+
+    def cur(c: str) -> str:          # an event's value as it is stored
+        return f"COALESCE({credits}.{c}, 0)" if c in k.credit_columns else f"e.{c}"
+
+    read = ", ".join(f"{cur(c)} AS {c}" for c in columns_read(
+        k, counters, table_columns + list(k.credit_columns)))
     _drop(conn, "attr_vals", "attr_old", "attr_now")
     # in id order: the events are then read and written page by page, each page once
     conn.execute(f"CREATE TEMP TABLE attr_vals AS SELECT * FROM ({values_sql}) ORDER BY id",
                  params)
-    differs = " OR ".join(f"e.{c} IS NOT v.{c}" for c in columns)
+    differs = " OR ".join(f"{cur(c)} IS NOT v.{c}" for c in columns)
     conn.execute(f"CREATE TEMP TABLE attr_old AS SELECT e.id, {read} FROM temp.attr_vals v "
-                 f"CROSS JOIN {table} e ON e.id = v.id WHERE {differs} ORDER BY v.id")
+                 f"CROSS JOIN {table} e ON e.id = v.id{k.credits_join('e')} WHERE {differs} "
+                 "ORDER BY v.id")
     if not conn.execute("SELECT 1 FROM temp.attr_old LIMIT 1").fetchone():
         _drop(conn, "attr_vals", "attr_old")
         return set()
+    own = [c for c in columns if c not in k.credit_columns]
+    credited = [c for c in columns if c in k.credit_columns]
     if conn.execute("SELECT 1 FROM rollup_dirty WHERE kind = ? LIMIT 1", (kind,)).fetchone():
         Rollup(conn, k).finish()      # the delta below assumes no slot waits for a recount
-    sets = ", ".join(f"{c} = v.{c}" for c in columns)
-    conn.execute(f"UPDATE {table} SET {sets} FROM temp.attr_old o CROSS JOIN temp.attr_vals v "
-                 f"ON v.id = o.id WHERE {table}.id = o.id")
-    conn.execute(f"CREATE TEMP TABLE attr_now AS SELECT e.id, {read} FROM {table} e "
-                 "WHERE e.id IN (SELECT id FROM temp.attr_old)")
-    Rollup(conn, k).apply_delta("temp.attr_old", "temp.attr_now", counters)
+    if own:
+        sets = ", ".join(f"{c} = v.{c}" for c in own)
+        conn.execute(f"UPDATE {table} SET {sets} FROM temp.attr_old o CROSS JOIN temp.attr_vals "
+                     f"v ON v.id = o.id WHERE {table}.id = o.id")
+    if credited:
+        names = ", ".join(credited)
+        conn.execute(f"INSERT INTO {credits} ({k.credit_key}, {names}) SELECT v.id, "
+                     f"{', '.join(f'v.{c}' for c in credited)} FROM temp.attr_old o "
+                     f"CROSS JOIN temp.attr_vals v ON v.id = o.id WHERE true "
+                     f"ON CONFLICT ({k.credit_key}) DO UPDATE SET "
+                     + ", ".join(f"{c} = excluded.{c}" for c in credited))
+        nothing = " AND ".join(f"{c} = 0" for c in k.credit_columns)
+        conn.execute(f"DELETE FROM {credits} WHERE {k.credit_key} IN "
+                     f"(SELECT id FROM temp.attr_old) AND {nothing}")
+    conn.execute(f"CREATE TEMP TABLE attr_now AS SELECT e.id, {read} FROM {table} e"
+                 f"{k.credits_join('e')} WHERE e.id IN (SELECT id FROM temp.attr_old)")
+    Rollup(conn, k).apply_delta("temp.attr_old", "temp.attr_now", counters, credited=True)
     touched = {c for (c,) in conn.execute("SELECT DISTINCT campaign_id FROM temp.attr_now")}
     _drop(conn, "attr_vals", "attr_old", "attr_now")
     return touched

@@ -379,7 +379,7 @@ class Reader:
         sums = ", ".join(f"COALESCE(SUM({e}), 0)" for e in kind.counters.values())
         for k, *vals in _sums(
                 self.conn,
-                f"SELECT {key} AS k, {sums} FROM {kind.table} WHERE campaign_id = ? AND "
+                f"SELECT {key} AS k, {sums} FROM {kind.source()} WHERE campaign_id = ? AND "
                 f"{kind.time} >= ? AND {kind.time} < ? GROUP BY k",
                 (*(params or ()), self.campaign.id, start, end), self.campaign.name):
             _add(out, k, cols, vals)

@@ -63,10 +63,27 @@ class Kind:
     # is still evaluated by SQLite, once per distinct combination of those columns.
     summed: tuple = ()
     profile: tuple = ()
+    # The conversions credited to an event (metrics.attribution) are kept beside it, in a
+    # narrow table of their own with a row only for an event that has any (``credits``,
+    # keyed by ``credit_key``): crediting a million orders writes a few MB there instead
+    # of rewriting most pages of the events table. Counters read its columns as if they
+    # were the event's (NULL, read as 0, when it has no row).
+    credits: str = ""
+    credit_key: str = ""
+    credit_columns: tuple = ()
 
     def dim_sql(self, dim: str) -> str:
         """The SQL expression for ``dim``'s key."""
         return f"COALESCE({self.dims[dim]}, '')"
+
+    def source(self, alias: str = "e", table: str | None = None) -> str:
+        """The events (``table``, else the events table) as ``alias``, with their
+        credited conversions beside them: what counters are read from."""
+        return f"{table or self.table} AS {alias}{self.credits_join(alias)}"
+
+    def credits_join(self, alias: str = "e") -> str:
+        return (f" LEFT JOIN {self.credits} ON {self.credits}.{self.credit_key} = "
+                f"{alias}.id")
 
 
 _SENT = "('sent', 'delivered', 'undelivered', 'failed', 'unknown')"
@@ -75,7 +92,11 @@ _SENT = "('sent', 'delivered', 'undelivered', 'failed', 'unknown')"
 # conversion_types, see metrics.attribution.TYPE_BIT); sold: one credited with a sale too.
 LEAD_DISPOSITION = ("(' ' || lower(COALESCE(disposition, '')) || ' ') GLOB '*[^a-z]lead[^a-z]*' "
                     "OR lower(trim(COALESCE(disposition, ''))) IN ('interested', 'qualified')")
-_LEAD = f"(({LEAD_DISPOSITION}) OR conversion_types & 8)"
+_LEAD = f"(({LEAD_DISPOSITION}) OR COALESCE(conversion_types, 0) & 8)"
+# the columns of the credits tables (store.m007_credits): totals of the conversions
+# credited to one event, and of those, how many named it and how many its click won
+_CREDITED = ("conversions", "conversion_revenue_micros", "conversions_named",
+             "conversions_click")
 _ANSWERED = ("status = 'completed' AND (answered_by IS NULL OR answered_by IN ('', 'human')) "
              "AND abandoned = 0")
 
@@ -102,10 +123,13 @@ MESSAGE = Kind(
         "cost_micros": "COALESCE(cost_micros, 0)",
         "revenue_micros": "COALESCE(revenue_micros, 0)",
         # conversions credited to the message from the orders imported (metrics.attribution)
-        "conversions": "CASE WHEN direction = 'outbound' THEN conversions ELSE 0 END",
+        "conversions": "CASE WHEN direction = 'outbound' THEN COALESCE(conversions, 0) "
+                       "ELSE 0 END",
         "conversion_revenue_micros": "COALESCE(conversion_revenue_micros, 0)",
-        "conversions_named": "CASE WHEN direction = 'outbound' THEN conversions_named ELSE 0 END",
-        "conversions_click": "CASE WHEN direction = 'outbound' THEN conversions_click ELSE 0 END",
+        "conversions_named": "CASE WHEN direction = 'outbound' THEN "
+                             "COALESCE(conversions_named, 0) ELSE 0 END",
+        "conversions_click": "CASE WHEN direction = 'outbound' THEN "
+                             "COALESCE(conversions_click, 0) ELSE 0 END",
     },
     dims={"segment": "segment", "variant": "variant", "country": "country",
           "status": "status", "error": "error_code", "currency": "currency"},
@@ -113,6 +137,8 @@ MESSAGE = Kind(
     profile=("direction", "status", "clicked", "converted", "opted_out", "replied",
              "spam_complaint", "keyword", "reply_to", "conversions", "conversions_named",
              "conversions_click"),
+    credits="message_credits", credit_key="message_id",
+    credit_columns=_CREDITED,
 )
 
 CALL = Kind(
@@ -127,16 +153,18 @@ CALL = Kind(
         "talk_seconds": f"CASE WHEN {_ANSWERED} THEN COALESCE(duration_s, 0) ELSE 0 END",
         "cost_micros": "COALESCE(cost_micros, 0)",
         "revenue_micros": "COALESCE(revenue_micros, 0)",
-        "conversions": "conversions",
+        "conversions": "COALESCE(conversions, 0)",
         "conversion_revenue_micros": "COALESCE(conversion_revenue_micros, 0)",
-        "conversions_named": "conversions_named",
-        "conversions_click": "conversions_click",
+        "conversions_named": "COALESCE(conversions_named, 0)",
+        "conversions_click": "COALESCE(conversions_click, 0)",
         "leads": _LEAD,
-        "leads_sold": f"{_LEAD} AND conversion_types & 1 > 0",
+        "leads_sold": f"{_LEAD} AND COALESCE(conversion_types, 0) & 1 > 0",
     },
     dims={"segment": "segment", "variant": "variant", "country": "country",
           "status": "status", "disposition": "disposition", "agent": "agent",
           "currency": "currency"},
+    credits="call_credits", credit_key="call_id",
+    credit_columns=_CREDITED + ("conversion_types",),
 )
 
 KINDS = {"message": MESSAGE, "call": CALL}
@@ -196,7 +224,7 @@ class Rollup:
             self.conn.execute(f"DROP TABLE IF EXISTS temp.{self.delta}")
             with self._overflow():
                 self.conn.execute(f"CREATE TEMP TABLE {self.delta} AS "
-                                  + _cube_select(self.kind, self.kind.table, "rowid > ?"),
+                                  + _cube_select(self.kind, self.kind.source(), "e.rowid > ?"),
                                   (start,))
             self._touched.update(cid for (cid,) in self.conn.execute(
                 f"SELECT DISTINCT campaign_id FROM temp.{self.delta}"))
@@ -230,7 +258,8 @@ class Rollup:
                     "CREATE TEMP TABLE rollup_redo AS "
                     + _cube_select(k, f"rollup_dirty AS d JOIN {k.table} AS e ON "
                                       f"e.campaign_id = d.campaign_id AND e.{k.time} >= d.slot "
-                                      f"AND e.{k.time} < d.slot + {SLOT}", "d.kind = ?")
+                                      f"AND e.{k.time} < d.slot + {SLOT}{k.credits_join('e')}",
+                                   "d.kind = ?")
                     .replace("SELECT campaign_id,", "SELECT e.campaign_id AS campaign_id,"),
                     (k.name,))
             self._merge("temp.rollup_redo", add=False)
@@ -241,7 +270,8 @@ class Rollup:
             refresh_reach(conn, self.after_rowid)
             self.after_rowid = None
 
-    def apply_delta(self, old: str, new: str, counters: tuple[str, ...] | None = None) -> None:
+    def apply_delta(self, old: str, new: str, counters: tuple[str, ...] | None = None,
+                    credited: bool = False) -> None:
         """Live changes (``metrics.live.apply``): ``old`` and ``new`` are tables shaped like
         the events table, holding the changed events as they were (absent when new) and
         as they are. Their counters are taken out and put in, cell by cell: a status
@@ -251,15 +281,20 @@ class Rollup:
 
         ``counters``: only these can have changed (the events stayed in their cells, only
         columns these read changed: the conversions credited to a message, say); the
-        tables need only the columns :func:`columns_read` names."""
+        tables need only the columns :func:`columns_read` names.
+
+        ``credited``: the tables hold the events' credited conversions too (they are what
+        changed); else those are read from the credits table (as they are, for both)."""
         k, conn = self.kind, self.conn
         if counters is not None:
             k = replace(k, counters={c: k.counters[c] for c in counters})
+        new_src, old_src = ((f"{new} AS e", f"{old} AS e") if credited
+                            else (k.source("e", new), k.source("e", old)))
         conn.execute(f"DROP TABLE IF EXISTS temp.{self.delta}")
         with self._overflow():
             conn.execute(f"CREATE TEMP TABLE {self.delta} AS "
-                         + _cube_select(k, new, "true"))
-            conn.execute(f"INSERT INTO temp.{self.delta} " + _cube_select(k, old, "true")
+                         + _cube_select(k, new_src, "true"))
+            conn.execute(f"INSERT INTO temp.{self.delta} " + _cube_select(k, old_src, "true")
                          .replace("COALESCE(SUM(", "-COALESCE(SUM("))
         self._merge(f"temp.{self.delta}", add=True, kind=k)
         if counters is None:
@@ -317,7 +352,7 @@ class Rollup:
             money = [c for c in _MONEY if c in k.counters]
             for cid, *totals in self.conn.execute(
                     f"SELECT campaign_id, {', '.join(f'TOTAL({c})' for c in money)} "
-                    f"FROM {k.table} GROUP BY campaign_id").fetchall():
+                    f"FROM {k.source()} GROUP BY campaign_id").fetchall():
                 for col, total in zip(money, totals):
                     if total > MAX_TOTAL_MICROS:
                         raise self._too_large(cid, col, total) from None

@@ -79,7 +79,9 @@ class NewRowCounter:
         # (the largest counter value of a row) is. Past that, add writes out first.
         self._since_write = 0
         self._pmax = 1
-        info = conn.execute(f"PRAGMA table_info({k.table})").fetchall()
+        # (the credited conversions a counter reads are a new row's none: NULL, read as 0)
+        info = [r for t in (k.table, k.credits) if t
+                for r in conn.execute(f"PRAGMA table_info({t})").fetchall()]
         self._decl = {name: (decl, bool(notnull or pk)) for _, name, decl, notnull, _, pk in info}
 
     def add(self, cols: Sequence[Sequence]) -> bool:

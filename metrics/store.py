@@ -230,11 +230,16 @@ def m002_rollups(db: "sqlite_utils.Database") -> None:
                        f"{kind.table} BEGIN INSERT INTO rollup_dirty VALUES {values} "
                        "ON CONFLICT DO NOTHING; END")
     # a store made at this step has no events to count (an older one with events is
-    # counted once the schema is complete: m006 names the counters' newest columns)
-    if _has_columns(db.conn, "messages", ("conversions",)):
+    # counted once the schema is complete: m007 makes the tables the newest counters read)
+    if _has_table(db.conn, "message_credits"):
         rebuild(db.conn)
     else:
         db.conn.execute("INSERT OR REPLACE INTO settings VALUES ('rollup_rebuild_pending', '1')")
+
+
+def _has_table(conn, table: str) -> bool:
+    return conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                        (table,)).fetchone() is not None
 
 
 def _has_columns(conn, table: str, names: tuple[str, ...]) -> bool:
@@ -343,37 +348,8 @@ def m006_attribution(db: "sqlite_utils.Database") -> None:
     belongs to its message; a conversion is credited to a message or call (or, through
     its code, to a campaign) and adds to that event's counters, so rollups, breakdowns
     and A/B tests see it where the event is."""
-    conn = db.conn
-    for table in ("messages", "calls"):
-        if not _has_columns(conn, table, ("conversions",)):
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN conversions INTEGER NOT NULL DEFAULT 0")
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN conversion_revenue_micros INTEGER "
-                         "NOT NULL DEFAULT 0")
-        if not _has_columns(conn, table, ("conversions_named",)):
-            # of its conversions, those that named it and those its click won (the rest: a
-            # delivery): what a card says of how they were credited, read from the rollups
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN conversions_named INTEGER NOT NULL "
-                         "DEFAULT 0")
-            conn.execute(f"ALTER TABLE {table} ADD COLUMN conversions_click INTEGER NOT NULL "
-                         "DEFAULT 0")
-    if not _has_columns(conn, "calls", ("conversion_types",)):
-        # the types of the conversions credited to a call, one bit each (attribution.TYPE_BIT)
-        conn.execute("ALTER TABLE calls ADD COLUMN conversion_types INTEGER NOT NULL DEFAULT 0")
-    from .rollup import KINDS, Rollup, rebuild, slot_sql
-    # A rollup table made before these counters existed gets them. What they count in the
-    # events already stored (opt-in replies, lead dispositions) is counted again in the
-    # slots that hold any: those slots are marked for a recount.
-    recount = {"message": "keyword = 'opt_in'", "call": "disposition IS NOT NULL"}
-    for kind in KINDS.values():
-        have = {r[1] for r in conn.execute(f"PRAGMA table_info({kind.rollup})")}
-        added = [c for c in kind.counters if c not in have]
-        for counter in added:
-            conn.execute(f"ALTER TABLE {kind.rollup} ADD COLUMN {counter} INTEGER NOT NULL "
-                         "DEFAULT 0")
-        if added:
-            conn.execute(f"INSERT OR IGNORE INTO rollup_dirty SELECT '{kind.name}', campaign_id, "
-                         f"{slot_sql(kind.time)} FROM {kind.table} WHERE {recount[kind.name]}")
-            Rollup(conn, kind).finish()
+    # (as first landed, this step also added the credited totals to the messages and
+    # calls rows and counted the rollups' new counters: m007 does both now)
     db.executescript(
         """
         ALTER TABLE campaigns ADD COLUMN click_window_s INTEGER;     -- NULL: the team's
@@ -451,7 +427,49 @@ def m006_attribution(db: "sqlite_utils.Database") -> None:
         ) WITHOUT ROWID;
         CREATE INDEX calls_recipient ON calls(recipient, started_at) WHERE recipient IS NOT NULL;
         """)
-    if conn.execute("SELECT value FROM settings WHERE key = 'rollup_rebuild_pending'").fetchone():
+
+
+@migration
+def m007_credits(db: "sqlite_utils.Database") -> None:
+    """The conversions credited to a message or call are kept beside it, in a narrow table
+    per kind (``message_credits``, ``call_credits``: a row for an event with any), not in
+    its row: crediting a million orders against ten million messages rewrote most pages
+    of the messages table (a gigabyte of log) to change a few numbers in one row of
+    thirty. Counters read them through ``Kind.source``."""
+    conn = db.conn
+    from .rollup import KINDS, Rollup, rebuild, slot_sql
+    for kind in KINDS.values():
+        cols = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in kind.credit_columns)
+        conn.execute(f"CREATE TABLE {kind.credits} ({kind.credit_key} INTEGER PRIMARY KEY, "
+                     f"{cols})")
+        conn.execute(f"CREATE TRIGGER {kind.table}_credits_delete AFTER DELETE ON {kind.table} "
+                     f"BEGIN DELETE FROM {kind.credits} WHERE {kind.credit_key} = old.id; END")
+        # a store that ran m006 as it first landed holds them in the events' rows
+        held = [c for c in kind.credit_columns if _has_columns(conn, kind.table, (c,))]
+        if held:
+            names = ", ".join(held)
+            conn.execute(f"INSERT INTO {kind.credits} ({kind.credit_key}, {names}) "
+                         f"SELECT id, {names} FROM {kind.table} WHERE "
+                         + " OR ".join(f"{c} != 0" for c in held))
+            for c in held:
+                conn.execute(f"ALTER TABLE {kind.table} DROP COLUMN {c}")
+    # A rollup table made before the newest counters existed gets them. What they count
+    # in the events already stored (opt-in replies, lead dispositions) is counted again in
+    # the slots that hold any: those slots are marked for a recount.
+    recount = {"message": "keyword = 'opt_in'", "call": "disposition IS NOT NULL"}
+    pending = conn.execute("SELECT value FROM settings WHERE key = 'rollup_rebuild_pending'"
+                           ).fetchone()
+    for kind in KINDS.values():
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({kind.rollup})")}
+        added = [c for c in kind.counters if c not in have]
+        for counter in added:
+            conn.execute(f"ALTER TABLE {kind.rollup} ADD COLUMN {counter} INTEGER NOT NULL "
+                         "DEFAULT 0")
+        if added and not pending:
+            conn.execute(f"INSERT OR IGNORE INTO rollup_dirty SELECT '{kind.name}', campaign_id, "
+                         f"{slot_sql(kind.time)} FROM {kind.table} WHERE {recount[kind.name]}")
+            Rollup(conn, kind).finish()
+    if pending:
         rebuild(conn)
         conn.execute("DELETE FROM settings WHERE key = 'rollup_rebuild_pending'")
 

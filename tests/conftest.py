@@ -76,9 +76,17 @@ def assert_attribution_exact(store: Store) -> None:
     assert attribution.uncredited_by_type(store.conn) == dict(store.conn.execute(
         "SELECT type, COUNT(*) FROM conversions WHERE how IS NULL AND NOT cancelled "
         "GROUP BY type").fetchall())
-    for table, link in (("messages", "message_id"), ("calls", "call_id")):
+    for table, credits, link in (("messages", "message_credits", "message_id"),
+                                 ("calls", "call_credits", "call_id")):
         assert store.conn.execute(f"""
-            SELECT e.id, e.conversions, e.conversion_revenue_micros FROM {table} e
-            WHERE (e.conversions, e.conversion_revenue_micros) IS NOT (SELECT COUNT(*) FILTER (WHERE NOT c.cancelled), COALESCE(SUM(CASE WHEN
+            SELECT e.id, x.conversions, x.conversion_revenue_micros FROM {table} e
+            LEFT JOIN {credits} x ON x.{link} = e.id
+            WHERE (COALESCE(x.conversions, 0), COALESCE(x.conversion_revenue_micros, 0))
+              IS NOT (SELECT COUNT(*) FILTER (WHERE NOT c.cancelled), COALESCE(SUM(CASE WHEN
                     c.cancelled THEN 0 ELSE COALESCE(c.revenue_micros, 0) END), 0)
                     FROM conversions c WHERE c.{link} = e.id)""").fetchall() == []
+        # a row only for an event that has a conversion, and only for a stored event
+        assert store.conn.execute(f"""
+            SELECT COUNT(*) FROM {credits} x WHERE x.{link} NOT IN (SELECT id FROM {table})
+            OR (x.conversions = 0 AND x.conversion_revenue_micros = 0
+                AND x.conversions_named = 0 AND x.conversions_click = 0)""").fetchone()[0] == 0

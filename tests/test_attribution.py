@@ -19,6 +19,7 @@ from .conftest import assert_attribution_exact, rows
 T0 = int(dt.datetime(2026, 3, 2, 12, 0, tzinfo=dt.timezone.utc).timestamp())
 DAY, HOUR = 86_400, 3_600
 ANN, BOB, CAT = "+14155550101", "+14155550102", "+14155550103"
+DAN = "+14155550104"
 
 
 def at(ts: int) -> str:
@@ -409,13 +410,16 @@ def test_a_store_made_before_attribution_is_upgraded_in_place(tmp_path, write):
     with store.transaction() as conn:
         new = ("conversions", "conversion_revenue_micros", "conversions_named",
                "conversions_click")
-        for t in ("messages", "calls", "message_rollup", "call_rollup"):
+        for t in ("message_rollup", "call_rollup"):
             for c in new:
                 conn.execute(f"ALTER TABLE {t} DROP COLUMN {c}")
+        for t in ("message_credits", "call_credits"):
+            conn.execute(f"DROP TABLE {t}")
+        conn.execute("DROP TRIGGER messages_credits_delete")
+        conn.execute("DROP TRIGGER calls_credits_delete")
         conn.execute("ALTER TABLE message_rollup DROP COLUMN opted_in")
         conn.execute("ALTER TABLE call_rollup DROP COLUMN leads")
         conn.execute("ALTER TABLE call_rollup DROP COLUMN leads_sold")
-        conn.execute("ALTER TABLE calls DROP COLUMN conversion_types")
         conn.execute("ALTER TABLE campaigns DROP COLUMN click_window_s")
         conn.execute("ALTER TABLE campaigns DROP COLUMN delivery_window_s")
         conn.execute("DROP TABLE clicks")
@@ -424,13 +428,52 @@ def test_a_store_made_before_attribution_is_upgraded_in_place(tmp_path, write):
         conn.execute("DROP TABLE conversion_currencies")
         conn.execute("DROP TABLE code_rollup")
         conn.execute("DROP INDEX calls_recipient")
-        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm006_attribution'")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name IN ('m006_attribution', "
+                     "'m007_credits')")
     store.close()
     store = Store(path)
     assert card(store, "spring")["metrics"] == before
     assert card(store, "dial")["metrics"]["leads"]["value"] == 1     # counted on the way
     load(store, write, c=FILES["c"], o=FILES["o"])
     assert card(store, "spring")["metrics"]["revenue"]["value"] == 57.0
+
+
+def test_credits_kept_in_the_events_rows_move_beside_them(tmp_path, write):
+    """A store that ran m006 as it first landed (the credited totals in the messages' and
+    calls' own rows) opens with them moved to the credits tables, the columns gone, and
+    every figure as it was."""
+    path = tmp_path / "m006.db"
+    store = Store(path)
+    load(store, write, **FILES)
+    import_file(store, write("k.csv", "campaign,call_id,started_at,status,recipient\n"
+                             f"dial,CA1,{at(T0 - HOUR)},completed,{DAN}\n"))
+    import_file(store, write("o2.csv", "order_id,converted_at,revenue,currency,type,recipient\n"
+                             f"#9,{at(T0)},9.00,USD,lead,{DAN}\n"))
+    before = {c: card(store, c)["metrics"] for c in ("spring", "fall", "dial")}
+    rollups = rows(store, "SELECT * FROM message_rollup ORDER BY 1, 2, 3, 4")
+    credits = rows(store, "SELECT * FROM message_credits ORDER BY 1")
+    call_credits = rows(store, "SELECT * FROM call_credits ORDER BY 1")
+    assert credits and call_credits[0][-1] == 8      # a lead
+    with store.transaction() as conn:
+        for table, kind in (("messages", rollup.MESSAGE), ("calls", rollup.CALL)):
+            for c in kind.credit_columns:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {c} INTEGER NOT NULL DEFAULT 0")
+                conn.execute(f"UPDATE {table} SET {c} = (SELECT x.{c} FROM {kind.credits} x "
+                             f"WHERE x.{kind.credit_key} = {table}.id) WHERE id IN "
+                             f"(SELECT {kind.credit_key} FROM {kind.credits})")
+            conn.execute(f"DROP TABLE {kind.credits}")
+            conn.execute(f"DROP TRIGGER {table}_credits_delete")
+        conn.execute("DELETE FROM rollup_dirty")
+        conn.execute("DELETE FROM _sqlite_migrations WHERE name = 'm007_credits'")
+    store.close()
+    store = Store(path)
+    assert "conversions" not in {r[1] for r in store.conn.execute("PRAGMA table_info(messages)")}
+    assert "conversion_types" not in {r[1] for r in store.conn.execute("PRAGMA table_info(calls)")}
+    assert rows(store, "SELECT * FROM message_credits ORDER BY 1") == credits
+    assert rows(store, "SELECT * FROM call_credits ORDER BY 1") == call_credits
+    assert rows(store, "SELECT * FROM message_rollup ORDER BY 1, 2, 3, 4") == rollups
+    assert {c: card(store, c)["metrics"] for c in ("spring", "fall", "dial")} == before
+    assert_attribution_exact(store)
 
 
 # -- Shopify's orders export through the shipped mapping -------------------------------------

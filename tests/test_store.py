@@ -23,7 +23,7 @@ def test_reopening_applies_no_migration_twice(tmp_path):
     s = Store(tmp_path / "a.db")
     applied = s.conn.execute("SELECT name FROM _sqlite_migrations").fetchall()
     assert [r[0] for r in applied] == ["m001_core", "m002_rollups", "m003_alerts", "m004_digests",
-                                       "m005_live", "m006_attribution"]
+                                       "m005_live", "m006_attribution", "m007_credits"]
 
 
 def test_transaction_rolls_back_everything(store):

@@ -106,8 +106,7 @@ class _Table:
         self.key = "message_key" if kind == "message" else "call_key"
         info = conn.execute(f"PRAGMA table_info({self.table})").fetchall()
         self.columns = [r[1] for r in info]
-        # what a new row holds in the columns no builder fills (the conversions credited
-        # to it): the schema's defaults
+        # what a new row holds in the columns no builder fills: the schema's defaults
         self.defaults = {r[1]: int(r[4]) for r in info if r[4] is not None
                          and r[4].lstrip("-").isdigit()}
         self.rows: dict[str, dict] = {}      # key -> current row
