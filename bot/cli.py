@@ -109,20 +109,25 @@ class _Progress:
               help="The file's format (default: detected from the header).")
 @click.option("--campaign", metavar="NAME",
               help="Campaign for every row (Twilio exports, or files without a campaign column).")
-@click.option("--map", "mapping", metavar="MAP.toml", type=click.Path(path_type=Path),
-              help="A TOML mapping file for any other CSV (see examples/).")
+@click.option("--map", "mapping", metavar="MAP", type=click.Path(path_type=Path),
+              help="A TOML mapping file for any other CSV (see examples/), or the name of one "
+                   "kept with `kpibot mapping add`.")
 @click.option("--skip-bad-rows", is_flag=True,
               help="Import the good rows and report the bad ones (default: a bad row rejects "
                    "the whole file).")
 @click.option("--strict", "strict", is_flag=True, help="Reject a file with any bad row (the default).")
 @click.option("--dry-run", is_flag=True, help="Check and count everything, change nothing.")
+@click.option("--sheet", metavar="NAME",
+              help="For a spreadsheet (.xlsx, .xls): the sheet to read, by name or number "
+                   "from 1 (default: the first).")
 @click.option("--region", metavar="CC", default=None,
               help="Country for numbers written without +country code (default: $KPIBOT_REGION or US).")
 @db_option
-def import_cmd(files, fmt, campaign, mapping, skip_bad_rows, strict, dry_run, region, db) -> None:
-    """Import CSV exports: canonical events, calls, daily totals, clicks, orders
-    (conversions), Twilio logs, or any CSV through a mapping file. Each file lands whole or not at all; rows already imported
-    are counted once."""
+def import_cmd(files, fmt, campaign, mapping, skip_bad_rows, strict, dry_run, sheet, region,
+               db) -> None:
+    """Import CSV exports or spreadsheets (XLSX, XLS): canonical events, calls, daily
+    totals, clicks, orders (conversions), Twilio logs, or any table through a mapping
+    file. Each file lands whole or not at all; rows already imported are counted once."""
     from metrics.errors import ImportRejected, StoreError
     from metrics.importers import import_file
 
@@ -136,7 +141,7 @@ def import_cmd(files, fmt, campaign, mapping, skip_bad_rows, strict, dry_run, re
         try:
             result = import_file(store, path, format=fmt, campaign=campaign, mapping=mapping,
                                  skip_bad_rows=skip_bad_rows, dry_run=dry_run,
-                                 default_region=region, progress=progress)
+                                 default_region=region, progress=progress, sheet=sheet)
         except StoreError as exc:   # the database itself (full disk, read-only): stop here
             progress.close()
             store.close()
@@ -418,6 +423,45 @@ def digest() -> None:
 def digest_preview(daily: bool, as_json: bool, db: str | None) -> None:
     """The digest as it would be posted now."""
     _answer("digest preview" + (" daily" if daily else ""), db, as_json, None, None)
+
+
+@main.group()
+def mapping() -> None:
+    """Named mappings: mapping files kept beside the database (in mappings/), named by
+    an import with --map NAME (from Slack too)."""
+
+
+def _db_path(db: str | None) -> str:
+    return db or os.environ.get("KPIBOT_DB") or "kpibot.db"
+
+
+@mapping.command("add")
+@click.argument("name")
+@click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--replace", is_flag=True, help="Replace a mapping of that name.")
+@db_option
+def mapping_add(name: str, file: Path, replace: bool, db: str | None) -> None:
+    """Check FILE (a mapping's TOML) and keep it as NAME."""
+    from metrics.errors import MappingError
+    from metrics.importers import named
+    try:
+        got = named.add(_db_path(db), name, file, replace=replace)
+    except MappingError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"✓ mapping '{got.name}' ({got.format or 'events'} rows) kept as {got.path}; "
+               f"import with --map {got.name}")
+
+
+@mapping.command("list")
+@db_option
+def mapping_list(db: str | None) -> None:
+    """The named mappings, with what each reads."""
+    from metrics.importers import named
+    found = named.listing(_db_path(db))
+    if not found:
+        click.echo(f"no named mappings in {named.folder(_db_path(db))}")
+    for m in found:
+        click.echo(f"{m.name}\t{m.problem and 'cannot be read: ' + m.problem or m.format}")
 
 
 @main.command("list")

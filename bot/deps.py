@@ -25,6 +25,9 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "auth.test": (),
     "apps.connections.open": (),     # Socket Mode, with the app-level token's connections:write
     "chat.postMessage": ("chat:write",),
+    "chat.update": ("chat:write",),          # an import's progress note
+    # a file shared with the bot: its details, then its bytes (url_private_download)
+    "files.info": ("files:read",),
     "files.getUploadURLExternal": ("files:write",),
     "files.completeUploadExternal": ("files:write",),
     "users.info": ("users:read",),
@@ -35,6 +38,12 @@ METHOD_SCOPES: dict[str, tuple[str, ...]] = {
     "conversations.replies": ("channels:history", "groups:history"),
 }
 COMMAND_SCOPE = "commands"
+# The events the app subscribes to and the scopes each needs (manifest.yml's
+# settings.event_subscriptions.bot_events: tests check both ways).
+EVENT_SCOPES: dict[str, tuple[str, ...]] = {
+    "message.im": ("im:history",),           # a file dropped into a direct message
+    "app_mention": ("app_mentions:read",),   # `@kpibot import` with a file in a channel
+}
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class FakeSlack:
         self.scripted: dict[str, list[tuple[int, dict, dict]]] = {}
         self.delays: dict[str, float] = {}       # method -> seconds to wait before answering
         self.admins = set(admins)
+        self.files: dict[str, dict] = {}         # id -> files.info's file (+ "_data": bytes)
         self.groups = groups or {}
         self.lock = threading.Lock()
         self.responses = threading.Condition(self.lock)
@@ -39,6 +40,15 @@ class FakeSlack:
 
             def log_message(self, *args):   # quiet
                 pass
+
+            def do_GET(self):      # a file's url_private_download
+                status, headers, data = fake.download(self.path, dict(self.headers))
+                self.send_response(status)
+                for k, v in {"Content-Type": "application/octet-stream", **headers}.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
             def do_POST(self):
                 length = int(self.headers.get("Content-Length") or 0)
@@ -109,7 +119,32 @@ class FakeSlack:
                                          f"{[c.method for c in self.calls]}")
                 self.responses.wait(left)
 
+    def add_file(self, file_id: str, name: str, data: bytes, **info) -> dict:
+        """A file shared in Slack: files.info describes it, its download URL serves it."""
+        self.files[file_id] = {"id": file_id, "name": name, "size": len(data), "mode": "hosted",
+                               "url_private_download":
+                                   f"http://127.0.0.1:{self.port}/files/{file_id}/{name}",
+                               **info, "_data": data}
+        return {"id": file_id, "name": name}
+
     # -- behaviour ---------------------------------------------------------------------------
+    def download(self, path: str, headers: dict):
+        parts = path.lstrip("/").split("/")
+        file_id = parts[1] if len(parts) > 2 and parts[0] == "files" else ""
+        call = Call(path, "download", {"file_id": file_id}, headers)
+        with self.responses:
+            self.calls.append(call)
+            queued = self.scripted.get("download")
+            scripted = queued.pop(0) if queued else None
+            self.responses.notify_all()
+        if scripted is not None:
+            status, hdrs, payload = scripted
+            return status, hdrs, payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+        f = self.files.get(file_id)
+        if f is None:
+            return 404, {}, b"not found"
+        return 200, {}, f["_data"]
+
     def handle(self, path: str, headers: dict, body: bytes):
         kind, _, rest = path.lstrip("/").partition("/")
         ctype = headers.get("Content-Type", "")
@@ -156,6 +191,13 @@ class FakeSlack:
             self.ts = getattr(self, "ts", 1_700_000_000) + 1
             p["_ts"] = f"{self.ts}.000100"
             return {"ok": True, "channel": p.get("channel"), "ts": p["_ts"]}
+        if method == "chat.update":
+            return {"ok": True, "channel": p.get("channel"), "ts": p.get("ts")}
+        if method == "files.info":
+            f = self.files.get(p.get("file"))
+            if f is None:
+                return {"ok": False, "error": "file_not_found"}
+            return {"ok": True, "file": {k: v for k, v in f.items() if k != "_data"}}
         if method in ("conversations.history", "conversations.replies"):
             return self.history(method, p)
         if method == "apps.connections.open" and self.socket_url:

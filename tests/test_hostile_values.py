@@ -354,7 +354,7 @@ CSV_BYTES = events(row(1)).encode()
     ("export.csv.gz", gzip.compress(CSV_BYTES),
      "export.csv.gz: is gzip-compressed: decompress it first (gunzip export.csv.gz) and "
      "import export.csv"),
-    ("report.xlsx", _xlsx(), "report.xlsx: is an Excel workbook: save it as CSV first"),
+    ("report.xlsx", _xlsx(), "report.xlsx: could not be read as an Excel workbook"),
     ("export.zip", _zip(), "export.zip: is a zip archive: unzip it first"),
     ("report.pdf", b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n1 0 obj\n", "report.pdf: is a PDF document"),
     ("export.csv.bz2", bz2.compress(CSV_BYTES),
@@ -365,7 +365,7 @@ CSV_BYTES = events(row(1)).encode()
      "export.csv.zst: is zstd-compressed: decompress it first (unzstd export.csv.zst)"),
     ("export.7z", b"7z\xbc\xaf\x27\x1c" + b"\x00" * 20, "export.7z: is a 7-Zip archive"),
     ("old.xls", b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\x00" * 504,
-     "old.xls: is an old-format Excel workbook (.xls): save it as CSV first"),
+     "old.xls: could not be read as an Excel workbook"),
     ("data.csv", gzip.compress(CSV_BYTES),
      "data.csv: is gzip-compressed: decompress it first (gunzip -c data.csv > data-unzipped.csv)"),
 ])

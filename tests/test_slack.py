@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.deps import COMMAND_SCOPE, METHOD_SCOPES, Settings
+from bot.deps import COMMAND_SCOPE, EVENT_SCOPES, METHOD_SCOPES, Settings
 from bot.command import COMMANDS, USAGE
 from bot.serve import Background, ServeError, check, http_server
 from metrics.importers import import_file
@@ -251,7 +251,11 @@ def test_manifest_readme_and_help_agree_with_the_registered_subcommands():
     (cmd,) = manifest["features"]["slash_commands"]
     assert cmd["command"] == "/kpi" and manifest["settings"]["interactivity"]["is_enabled"]
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    assert scopes == {COMMAND_SCOPE} | {s for ss in METHOD_SCOPES.values() for s in ss}
+    assert scopes == {COMMAND_SCOPE} | {s for ss in METHOD_SCOPES.values() for s in ss} | {
+        s for ss in EVENT_SCOPES.values() for s in ss}
+    events = manifest["settings"]["event_subscriptions"]
+    assert set(events["bot_events"]) == set(EVENT_SCOPES)
+    assert manifest["features"]["app_home"]["messages_tab_enabled"]
     readme = (ROOT / "README.md").read_text()
     from bot.command import Context, run
     help_text = run("help", Context(None)).text

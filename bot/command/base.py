@@ -27,6 +27,7 @@ USAGE = {
               "digest list | digest remove <id> | digest preview [daily]",
     "attribution": "/kpi attribution [<campaign>] [click <dur>] [delivery <dur or off>] "
                    "| attribution [<campaign>] reset",
+    "mapping": "/kpi mapping list",
 }
 STATE_CHANGING = ("goal", "northstar", "alert", "digest", "attribution")
 EXAMPLES = ["/kpi list", "/kpi black-friday", "/kpi black-friday 7d",

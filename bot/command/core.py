@@ -13,6 +13,7 @@ from .base import EXAMPLES, USAGE, Context, Reply, UsageError
 from .cards import cmd_card, cmd_goal, cmd_list, cmd_northstar
 from .compare import cmd_ab, cmd_compare, cmd_top
 from .digests import cmd_digest
+from .mappings import cmd_mapping
 from .tokens import Token, tokenize
 
 MAX_TEXT = 1000     # characters of command text read; longer is refused before parsing
@@ -34,6 +35,7 @@ COMMANDS: dict[str, Callable[[Context, list[Token]], Reply]] = {
     "compare": cmd_compare,
     "top": cmd_top,
     "attribution": cmd_attribution,
+    "mapping": cmd_mapping,
 }
 
 

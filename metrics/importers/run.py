@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from ..rollup import KINDS, Rollup
@@ -20,9 +21,9 @@ from ..times import zone
 from .bulk import SUSPEND_INDEX_ROWS, BulkLoad
 from .child import parse_in_child
 from .fields import FORMATS, Format, detect, shown_names
-from .mapping import Mapping, load_mapping
+from .mapping import Mapping
 from .parse import ParseJob, parse
-from . import twilio_bulk
+from . import named, spreadsheet, twilio_bulk
 from .source import CsvSource
 from .writer import TABLES, BatchWriter
 
@@ -95,13 +96,39 @@ def import_file(
     progress: Callable[[int, int], None] | None = None,
     parallel: bool | None = None,
     source_name: str | None = None,
+    sheet: str | None = None,
 ) -> ImportResult:
-    """Import one CSV file. Strict by default: any bad row rejects the whole file and
-    nothing changes. With ``skip_bad_rows`` the good rows land and the bad are reported.
-    Re-importing rows (same provider id, or the same id-less row) counts them once.
+    """Import one CSV file, or one sheet of a spreadsheet (XLSX, XLS: the first, or
+    ``sheet``, read as the CSV saved from it would be, its rows numbered as the sheet's).
+    Strict by default: any bad row rejects the whole file and nothing changes. With
+    ``skip_bad_rows`` the good rows land and the bad are reported. Re-importing rows
+    (same provider id, or the same id-less row) counts them once.
 
     Files over a few megabytes are parsed in a second process while this one writes
     (``parallel`` forces the choice either way)."""
+    if spreadsheet.kind_of(path) is not None:
+        with spreadsheet.to_csv(path, sheet) as sheet_csv:
+            return _import_csv(store, sheet_csv.path, sheet_csv, format=format,
+                               campaign=campaign, mapping=mapping, skip_bad_rows=skip_bad_rows,
+                               dry_run=dry_run, imported_by=imported_by,
+                               default_region=default_region, reply_window_s=reply_window_s,
+                               progress=progress, parallel=parallel,
+                               source_name=source_name or str(path))
+    if sheet is not None:
+        raise ImportRejected(f"--sheet {sheet}: the file is not a spreadsheet (.xlsx or .xls)",
+                             file=Path(path).name)
+    return _import_csv(store, path, None, format=format, campaign=campaign, mapping=mapping,
+                       skip_bad_rows=skip_bad_rows, dry_run=dry_run, imported_by=imported_by,
+                       default_region=default_region, reply_window_s=reply_window_s,
+                       progress=progress, parallel=parallel, source_name=source_name)
+
+
+def _import_csv(store: Store, path: str | os.PathLike, sheet: "spreadsheet.SheetCsv | None",
+                *, format: str | None, campaign: str | None,
+                mapping: "str | os.PathLike | Mapping | None", skip_bad_rows: bool,
+                dry_run: bool, imported_by: str | None, default_region: str | None,
+                reply_window_s: int, progress: Callable[[int, int], None] | None,
+                parallel: bool | None, source_name: str | None) -> ImportResult:
     if format == BULK or (format is None and mapping is None and twilio_bulk.looks_like_day_file(path)):
         return _import_bulk(store, path, campaign=campaign, mapping=mapping,
                             skip_bad_rows=skip_bad_rows, dry_run=dry_run,
@@ -110,14 +137,14 @@ def import_file(
     if format is not None and format not in FORMATS:
         raise ImportRejected(f"unknown format '{format}' (known: {', '.join(FORMAT_NAMES)})")
     if mapping is not None and not isinstance(mapping, Mapping):
-        try:
-            mapping = load_mapping(mapping)
+        try:    # a file, else a named mapping (mappings/NAME.toml beside the database)
+            mapping = named.load(store.path, mapping)
         except MappingError as exc:
             raise ImportRejected(str(exc)) from None
     column_mapping = mapping if (mapping and (mapping.columns or mapping.constants or mapping.values
                                               or mapping.attributes or mapping.format != "events"
                                               or mapping.delimiter)) else None
-    src = CsvSource(path, delimiter=mapping.delimiter if mapping else None)
+    src = CsvSource(path, delimiter=mapping.delimiter if mapping else None, sheet=sheet)
     # senders -> campaigns: the mapping file's, else the sources file's (KPIBOT_SOURCES)
     senders = dict(mapping.senders) if mapping and mapping.senders else {}
     sources_error = None
@@ -132,6 +159,8 @@ def import_file(
                           f"{fmt.name} via {column_mapping.path.name}",
                           encoding=src.encoding, sha256=src.sha256, warnings=list(src.warnings),
                           dry_run=dry_run)
+    if sheet is not None:
+        result.format += f", sheet '{sheet.sheet}'"
     prev = store.conn.execute("SELECT started_at FROM imports WHERE sha256 = ? ORDER BY id DESC",
                               (src.sha256,)).fetchone()
     if prev:

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from ..errors import ImportRejected, RowError
 from .fields import normalise_header, shown
+from .spreadsheet import SheetCsv
 
 __all__ = ["MAX_FIELD", "MAX_LINE", "CsvSource", "normalise_header", "prepare_csv_reading"]
 
@@ -60,9 +61,15 @@ class CsvSource:
 
     chars_read = 0      # characters of lines read by rows() so far (for batch sizes)
 
-    def __init__(self, path: str | os.PathLike, delimiter: str | None = None):
+    def __init__(self, path: str | os.PathLike, delimiter: str | None = None,
+                 sheet: "SheetCsv | None" = None):
         self.path = Path(path)
         self.name = self.path.name
+        # a spreadsheet's sheet written out as CSV: named as the workbook, its lines
+        # reported as the sheet's rows
+        self.sheet = sheet
+        if sheet is not None:
+            self.name = sheet.name
         self.warnings: list[str] = []
         if not self.path.exists():
             raise ImportRejected("file not found", file=str(path))
@@ -86,7 +93,7 @@ class CsvSource:
         """What another process needs to stream this checked file again (see ``reopen``)."""
         return {"path": str(self.path), "name": self.name, "size": self.size,
                 "sha256": self.sha256, "encoding": self.encoding, "delimiter": self.delimiter,
-                "header": self.header}
+                "header": self.header, "sheet": self.sheet}
 
     @classmethod
     def reopen(cls, state: dict) -> "CsvSource":
@@ -97,6 +104,7 @@ class CsvSource:
         self._fh = None
         for k in ("name", "size", "sha256", "encoding", "delimiter", "header"):
             setattr(self, k, state[k])
+        self.sheet = state.get("sheet")
         return self
 
     def _scan(self) -> tuple[str, str]:
@@ -188,6 +196,19 @@ class CsvSource:
         return names
 
     def rows(self) -> Iterator[tuple[int, list[str]]]:
+        """Yield (line number where the record starts, fields) for each data row: for a
+        spreadsheet's sheet, the row a person sees there (see ``_lines``)."""
+        return self._lines() if self.sheet is None else self._sheet_rows()
+
+    def _sheet_rows(self) -> Iterator[tuple[int, list[str]]]:
+        row_of = self.sheet.row_of
+        for line, fields in self._lines():
+            row = row_of(line)
+            if fields.__class__ is RowError:
+                fields = RowError(row, fields.column, fields.reason)
+            yield row, fields
+
+    def _lines(self) -> Iterator[tuple[int, list[str]]]:
         """Yield (line number where the record starts, fields) for each data row.
 
         Rows with the wrong number of fields, an oversized value or a line (record) over
