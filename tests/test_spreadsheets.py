@@ -211,3 +211,12 @@ def test_an_old_format_xls_workbook(tmp_path, write):
     assert import_file(a, path).rows_new == 3
     import_file(b, write("log.csv", as_csv([HEADER] + GOOD)))
     assert stored(a) == stored(b)
+
+
+def test_a_header_name_over_two_lines_is_one_name(tmp_path):
+    header = ["campaign", "message\nid", "sent_at", "recipient", "status"]
+    xlsx = workbook(tmp_path / "h.xlsx", {"S": [header, ["spring", "SM1", "2026-03-01T09:00:00Z",
+                                                         "+14155550101", "bogus"]]})
+    with pytest.raises(ImportRejected) as e:
+        import_file(Store(tmp_path / "k.db"), xlsx, format="events")
+    assert [(x.line, x.column) for x in e.value.errors] == [(2, "status")]

@@ -124,21 +124,27 @@ def to_csv(path: str | os.PathLike, sheet: str | None = None,
         except Exception as exc:
             raise ImportRejected(f"sheet '{chosen}' could not be read ({_short(exc)})",
                                  file=p.name) from None
-    rows = [[_text(v).replace("\r\n", "\n").replace("\r", "\n") for v in r]
-            for r in frame.itertuples(index=False, name=None)]
-    first = next((i for i, r in enumerate(rows) if any(x.strip() for x in r)), None)
-    if first is None:
+    # row by row into the file (the sheet is held once, as pandas read it)
+    rows = ([_text(v).replace("\r\n", "\n").replace("\r", "\n") for v in r]
+            for r in frame.itertuples(index=False, name=None))
+    first, header = 0, None
+    for header in rows:
+        if any(x.strip() for x in header):
+            break
+        first += 1
+    else:
         raise ImportRejected(f"sheet '{chosen}' is empty: nothing to import", file=p.name)
     folder = Path(tempfile.mkdtemp(prefix="kpibot-sheet-", dir=tmp_dir))
     out = SheetCsv(folder / (p.stem + ".csv"), p.name, chosen)
-    header = rows[first]
     width = max(i + 1 for i, x in enumerate(header) if x.strip())
-    shift, line = first, 1
+    shift, line = first, 2
     out.shifts.append((1, shift))
     try:
         with open(out.path, "w", newline="", encoding="utf-8") as f:
             w = csv.writer(f, lineterminator="\n")
-            for r in rows[first:]:
+            # (a name over two lines in the sheet is one name: its lines joined)
+            w.writerow([x.replace("\n", " ") for x in header[:width]])
+            for r in rows:
                 if not any(x.strip() for x in r):
                     f.write("\n")          # a blank row: passed over, and counted
                     line += 1
