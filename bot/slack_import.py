@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shlex
 import shutil
 import tempfile
 import time
@@ -68,7 +69,6 @@ def parse_comment(text: str) -> Options | None:
     """The options of a file's comment: None when the comment is not an import command
     (chat that came with a file); :class:`BadComment` for an import command that is
     wrong."""
-    import shlex
     text = re.sub(r"<@[A-Z0-9]+(\|[^>]*)?>", " ", text or "")     # the mention of the bot
     text = (text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
             .translate(_QUOTES).strip())
@@ -198,8 +198,9 @@ def _one(deps: Deps, client: WebClient, store, thread: Thread, f: dict, opts: Op
                       deps.settings.timeout)
         except _DownloadError as exc:
             return f"I could not download {shown} from Slack ({exc}); nothing was imported."
-        if path.stat().st_size >= PROGRESS_FROM_BYTES:
-            progress_ts = thread.post(f"Importing {shown} ({_mb(path.stat().st_size)})…")
+        got = path.stat().st_size
+        if got >= PROGRESS_FROM_BYTES:
+            progress_ts = thread.post(f"Importing {shown} ({_mb(got)})…")
         answer = _import(store, path, name, shown, opts, user, f["id"],
                          _Progress(thread, progress_ts, shown))
     finally:
@@ -290,7 +291,7 @@ def _slack_host(url: str, api_url: str) -> bool:
     return host == api_host or host == "slack.com" or host.endswith(".slack.com")
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
+class _SlackRedirectsOnly(urllib.request.HTTPRedirectHandler):
     """Redirects followed only to Slack's hosts (the token goes along)."""
 
     def __init__(self, api_url: str):
@@ -305,7 +306,7 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def _download(url: str, token: str, api_url: str, to: Path, limit: int, timeout: int) -> None:
     if not url.lower().startswith(("https://", "http://")) or not _slack_host(url, api_url):
         raise _DownloadError("its address is not Slack's")
-    opener = urllib.request.build_opener(_NoRedirect(api_url))
+    opener = urllib.request.build_opener(_SlackRedirectsOnly(api_url))
     req = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
     got = 0
     try:
